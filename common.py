@@ -1,0 +1,442 @@
+"""Shared pieces: transformer layers, the device/dtype block, the LR schedule, torchrun setup, reports.
+
+Every model in the repository (the entropy byte LM, the baselines, the BLT's three stacks) is built from
+the blocks below, so a fix to attention or the MLP lands everywhere at once.
+
+Letters used in shape comments:
+    B batch, T sequence length (bytes or tokens), H heads, Dh head dim, C model width, S cached length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm without bias (Zhang & Sennrich 2019); computed in fp32 for stability under bf16."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): cos/sin tables looked up by absolute position."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
+        super().__init__()
+        assert head_dim % 2 == 0, "rotary needs an even head dim"
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.max_len = max_len
+        self._cache_len = 0
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def forward(self, positions: torch.Tensor):
+        """positions (T,) or (B, T) long -> cos, sin of shape (T, Dh/2) or (B, 1, T, Dh/2)."""
+        need = int(positions.max().item()) + 1 if positions.numel() else 1
+        if self.cos is None or need > self._cache_len or self.cos.device != positions.device:
+            n = max(need, self.max_len)
+            t = torch.arange(n, device=positions.device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(positions.device))  # (n, Dh/2)
+            self.cos, self.sin = freqs.cos(), freqs.sin()
+            self._cache_len = n
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:  # per-row positions: broadcast over heads
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+
+def apply_rotary(x, cos, sin):
+    """x (B, H, T, Dh); rotates pairs (first half, second half) of the head dim."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding, preallocated to max_len."""
+
+    def __init__(self, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype):
+        self.k = torch.zeros(batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.len = 0
+
+    def append(self, k, v):
+        """k, v (B, H, T, Dh) -> all keys and values so far, (B, H, S, Dh)."""
+        t = k.size(2)
+        if self.len + t > self.k.size(2):  # grow instead of failing on long generations
+            extra = max(t, self.k.size(2))
+            self.k = torch.cat([self.k, torch.zeros_like(self.k[:, :, :extra])], dim=2)
+            self.v = torch.cat([self.v, torch.zeros_like(self.v[:, :, :extra])], dim=2)
+        self.k[:, :, self.len:self.len + t] = k
+        self.v[:, :, self.len:self.len + t] = v
+        self.len += t
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions through scaled_dot_product_attention.
+
+    `mask` is None (plain causal), or a boolean mask broadcastable to (B, H, T, S) where True = may attend.
+    With a KVCache the new keys are appended and the queries attend to everything cached (plus `mask`).
+    """
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        assert dim % n_heads == 0, f"width {dim} is not divisible by {n_heads} heads"
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S, Dh)
+        if mask is None and cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif mask is None:  # cached decoding: query t sits at absolute position S - T + t
+            S = k.size(2)
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        a, b = self.up(x).chunk(2, dim=-1)
+        return self.down(F.silu(a) * b)
+
+
+def mlp_hidden(dim: int, mult: float = 8 / 3, multiple_of: int = 32) -> int:
+    """SwiGLU hidden size with about the parameters of a 4x GELU MLP, rounded for fast matmuls."""
+    return multiple_of * math.ceil(int(mult * dim) / multiple_of)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, n_heads: int, hidden: int | None = None):
+        super().__init__()
+        self.attn_norm = RMSNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp = MLP(dim, hidden or mlp_hidden(dim))
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def init_weights(module: nn.Module, std: float = 0.02):
+    """GPT-2 style init: normal(0, std) for linear and embedding weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def block_flops_per_token(dim: int, hidden: int, context: float) -> float:
+    """Forward FLOPs of one Block for one token attending to `context` keys (2 FLOPs per multiply-add)."""
+    matmul = 2 * (3 * dim * dim + dim * dim + 3 * dim * hidden)  # qkv, proj, SwiGLU up (2x) and down
+    attention = 2 * 2 * dim * context  # q.k scores and the weighted sum of values
+    return matmul + attention
+
+
+def causal_context(seq_len: int, window: int | None = None) -> float:
+    """Mean number of keys a causal query sees over a sequence of seq_len (optionally windowed)."""
+    if window is None or window >= seq_len:
+        return (seq_len + 1) / 2
+    # first `window` queries see 1..window keys, the rest see exactly `window`
+    return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
+
+
+def count_params(module: nn.Module, exclude: tuple[str, ...] = ()) -> int:
+    """Parameters of `module`, leaving out those whose name contains any string of `exclude`."""
+    return sum(p.numel() for n, p in module.named_parameters() if not any(e in n for e in exclude))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configs carried by models and checkpoints
+
+
+class CarriesConfig:
+    """Mixin for nn.Modules whose config rides in their state dict (as `_extra_state`).
+
+    So `model.load_state_dict(torch.load(path))` works on a bare state dict and a checkpoint knows how to
+    rebuild its model. Subclasses set `kind` (a name) and `arch_fields` (config fields that change the
+    weights: a checkpoint disagreeing on one of them is refused with a readable message).
+    """
+
+    kind: str = ""
+    arch_fields: tuple[str, ...] = ()
+
+    def get_extra_state(self):
+        return {"kind": self.kind, "config": dataclasses.asdict(self.config)}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or "kind" not in state:
+            raise ValueError("state dict carries no model description (_extra_state)")
+        if state["kind"] != self.kind:
+            raise ValueError(f"holds a '{state['kind']}' model, not a '{self.kind}' model")
+        saved = state.get("config", {})
+        mine = dataclasses.asdict(self.config)
+        diff = [f"{k}={saved.get(k)!r} (model has {mine[k]!r})" for k in self.arch_fields if saved.get(k) != mine[k]]
+        if diff:
+            raise ValueError("was saved with another config: " + ", ".join(diff))
+
+
+def config_from_dict(cls, d: dict, **overrides):
+    """Build dataclass `cls` from a dict; unknown keys are an error, never silently dropped."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names) + sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    return cls(**{**d, **overrides})
+
+
+def add_config_args(parser, cls, skip: tuple[str, ...] = ()):
+    """Add one --flag per dataclass field (default None = keep the config's value)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = type(f.default) if f.default is not dataclasses.MISSING else str
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="BOOL")
+        elif kind in (int, float, str):
+            parser.add_argument(f"--{f.name}", type=kind, default=None)
+
+
+def config_overrides(args, cls) -> dict:
+    """The dataclass fields that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {s}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Device, precision, optimisation, distributed
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device to run on: `name` if given, else CUDA when present, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slower on most laptops)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """AdamW with decay on matrices only (not norms, biases or embeddings); fused on CUDA."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a torchrun job (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(), pick_device(device_name)
+    import torch.distributed as dist
+
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def cleanup_distributed():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_step: int = 0,
+               bytes_per_step: int, evaluate=None, save=None, desc: str = "train", postfix=None,
+               bpb_per_loss: float = 1 / math.log(2)) -> dict:
+    """The one training loop of the repository (entropy LM, baselines and BLT all use it).
+
+    batch_fn(step) -> (inputs: tuple, targets) for this rank, a pure function of the step, so a resumed
+    run sees exactly the batches an uninterrupted one would. `cfg` provides max_steps, lr, warmup_steps,
+    min_lr_ratio, grad_clip and eval_interval. evaluate(step) -> dict and save(step) run on rank 0 only;
+    postfix(step) -> dict adds fields to the progress bar; bpb_per_loss converts the loss to bits per byte
+    for the bar (1/ln 2 for byte models, tokens-per-byte/ln 2 for token models). Returns the last loss, the eval history and
+    the training throughput in bytes/s (all ranks together).
+    """
+    import time
+
+    from tqdm import tqdm
+
+    history, loss_val, t0, timed_bytes = [], float("nan"), None, 0
+    bar = tqdm(range(start_step, cfg.max_steps), desc=desc, disable=not dist.is_main, dynamic_ncols=True,
+               initial=start_step, total=cfg.max_steps)
+    model.train()
+    for step in bar:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        inputs, targets = batch_fn(step)
+        with autocast(device):
+            _, loss = model(*inputs, targets=targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        loss_val = loss.detach()
+        if dist.enabled:  # log the global-batch loss, not one shard's
+            import torch.distributed as tdist
+
+            tdist.all_reduce(loss_val)
+            loss_val = loss_val / dist.world_size
+        loss_val = loss_val.item()
+        if t0 is None:  # the first step pays for warm-up allocations; time from the second on
+            t0 = time.perf_counter()
+        else:
+            timed_bytes += bytes_per_step * dist.world_size
+        shown = {"loss": f"{loss_val:.3f}", "bpb": f"{loss_val * bpb_per_loss:.3f}"}
+        if timed_bytes:
+            shown["B/s"] = f"{timed_bytes / (time.perf_counter() - t0):.0f}"
+        if postfix is not None:
+            shown.update(postfix(step))
+        bar.set_postfix(shown, refresh=False)
+        last = step + 1 == cfg.max_steps
+        if dist.is_main and evaluate is not None and (last or (cfg.eval_interval and (step + 1) % cfg.eval_interval == 0)):
+            result = {"step": step + 1, **evaluate(step + 1)}
+            history.append(result)
+            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+            model.train()
+        if dist.is_main and save is not None and (last or (cfg.ckpt_interval and (step + 1) % cfg.ckpt_interval == 0)):
+            save(step + 1)
+    bar.close()
+    elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
+    return {"loss": loss_val, "evals": history, "bytes_per_s": timed_bytes / elapsed if elapsed > 0 else float("nan")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path: str, write_fn):
+    """Call write_fn(tmp_path) then rename over `path`: a crash mid-write leaves the old file intact."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_report(path: str | None, report: dict):
+    """Write a script's figures as JSON (the --report contract in DESIGN.md)."""
+    if not path:
+        return
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"cannot write {type(x).__name__} to a report")

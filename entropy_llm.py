@@ -1,0 +1,363 @@
+"""The entropy model: a small causal byte-level LM whose next-byte entropies drive patching.
+
+Train (defaults are CPU-sized; the seed's 384 x 6 x 512 model is the preset "seed", meant for a GPU):
+    python entropy_llm.py                                   # builtin corpus -> entropy_model.pth
+    python entropy_llm.py --quick_demo                      # a few minutes on a laptop CPU
+    python entropy_llm.py --preset seed --data hf:wikitext:wikitext-103-raw-v1 --max_bytes 100000000
+    torchrun --standalone --nproc_per_node=2 entropy_llm.py # DistributedDataParallel (gloo on CPU)
+Evaluate bits per byte over every byte of some data:
+    python entropy_llm.py --eval --checkpoint entropy_model.pth --data my_text.txt --report r.json
+
+In Python:
+    model = load_entropy_model("entropy_model.pth")        # from save_entropy_model
+    H = compute_entropies(model, b"some bytes")             # float32 nats, one per byte
+
+Shapes: B batch, T bytes in a window, C model width, V = 256 byte classes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import (Block, CarriesConfig, KVCache, RMSNorm, Rotary, add_config_args, block_flops_per_token,
+                    causal_context, cleanup_distributed, config_from_dict, config_overrides, count_params,
+                    init_weights, make_optimizer, mlp_hidden, seed_everything, setup_distributed, train_loop,
+                    write_report)
+
+
+@dataclass
+class EntropyConfig:
+    # model
+    d_model: int = 128  # width of the residual stream
+    n_heads: int = 4  # attention heads (d_model / n_heads = head dim, even for rotary)
+    n_layers: int = 4  # transformer blocks
+    max_seq_len: int = 256  # bytes per training window, and the window of compute_entropies
+    vocab_size: int = 256  # byte values 0..255; fixed
+    # data
+    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
+    # training
+    batch_size: int = 32  # windows per optimizer step (global, over all processes)
+    max_steps: int = 1500  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decay on matrices
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    eval_interval: int = 500  # steps between held-out evaluations (0 = only at the end)
+    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the final one scores all)
+    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    seed: int = 1337  # init and data order
+
+    def __post_init__(self):
+        if self.vocab_size != 256:
+            raise ValueError("vocab_size is 256: the entropy model reads and predicts raw bytes")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if min(self.d_model, self.n_layers, self.max_seq_len, self.batch_size, self.max_steps) < 1:
+            raise ValueError("sizes and step counts must be positive")
+
+
+# Named sizes. "cpu" is the default; "seed" is the seed README's model, meant for a GPU.
+ENTROPY_PRESETS = {
+    "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, batch_size=8, max_steps=20, max_bytes=100_000),
+    "cpu": {},
+    "quick": dict(max_steps=700, max_bytes=1_500_000, eval_interval=0, ckpt_interval=0),
+    "seed": dict(d_model=384, n_heads=8, n_layers=6, max_seq_len=512, batch_size=64, max_steps=20_000,
+                 lr=1e-3, max_bytes=500_000_000, eval_interval=1000, ckpt_interval=1000),
+}
+
+
+class MinimalLLM(CarriesConfig, nn.Module):
+    """Causal byte transformer. logits[:, t] is the distribution of byte idx[:, t] given idx[:, :t].
+
+    The input at position t is the embedding of byte t-1; position 0 reads a learned start vector, so
+    every byte value stays an ordinary byte and a document's first byte has a prediction too.
+    """
+
+    kind = "entropy_llm"
+    config_class = EntropyConfig
+    arch_fields = ("d_model", "n_heads", "n_layers", "vocab_size")
+
+    def __init__(self, config: EntropyConfig):
+        super().__init__()
+        self.config = config
+        C = config.d_model
+        self.embed = nn.Embedding(config.vocab_size, C)
+        self.start = nn.Parameter(torch.zeros(C))
+        self.rotary = Rotary(C // config.n_heads, config.max_seq_len)
+        self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
+        self.norm = RMSNorm(C)
+        self.head = nn.Linear(C, config.vocab_size, bias=False)
+        init_weights(self)
+        nn.init.normal_(self.start, std=0.02)
+        for block in self.blocks:  # scale residual projections by depth (GPT-2)
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def _inputs(self, idx):
+        """Shift right: (B, T) byte ids -> (B, T, C) with the start vector at position 0."""
+        B = idx.size(0)
+        start = self.start.view(1, 1, -1).expand(B, 1, -1).to(self.embed.weight.dtype)
+        return torch.cat([start, self.embed(idx[:, :-1])], dim=1)  # (B, T, C)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        x = self._inputs(idx)  # (B, T, C)
+        cos, sin = self.rotary(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # --- incremental decoding (generation, streaming patching)
+
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        p = self.head.weight
+        hd = self.config.d_model // self.config.n_heads
+        return [KVCache(batch, self.config.n_heads, hd, max_len, p.device, p.dtype) for _ in self.blocks]
+
+    def step(self, x, caches: list[KVCache]):
+        """Feed inputs and get next-byte logits (B, t, V): row t predicts the byte AFTER input t.
+
+        x is (B, t) byte ids, or None to feed the start vector (whose logits predict the first byte).
+        """
+        if x is None:
+            h = self.start.view(1, 1, -1).expand(caches[0].k.size(0), 1, -1).to(self.embed.weight.dtype)
+        else:
+            h = self.embed(x)  # (B, t, C)
+        pos0 = caches[0].len
+        cos, sin = self.rotary(torch.arange(pos0, pos0 + h.size(1), device=h.device))
+        for block, cache in zip(self.blocks, caches):
+            h = block(h, cos, sin, cache=cache)
+        return self.head(self.norm(h))  # (B, t, V)
+
+    def num_params(self) -> int:
+        return count_params(self)
+
+
+def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs per byte: the blocks at mean causal context, plus the 256-way head."""
+    T = seq_len or config.max_seq_len
+    C = config.d_model
+    per_block = block_flops_per_token(C, mlp_hidden(C), causal_context(T))
+    return config.n_layers * per_block + 2 * C * config.vocab_size
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entropies and per-byte scores over long documents
+
+
+def _windows(n: int, W: int):
+    """(start, keep_from, keep_to) of the windows that cover n bytes.
+
+    Windows start every W/2 bytes and keep only their second half (the first keeps everything), so every
+    byte past the first window is scored with at least W/2 bytes of context. Windows depend only on the
+    positions, never on n, so a prefix gets exactly the windows (and values) of the whole.
+    """
+    S = max(1, W // 2)
+    out = [(0, 0, min(W, n))]
+    s = S
+    while s + (W - S) < n:
+        out.append((s, s + W - S, min(s + W, n)))
+        s += S
+    return out
+
+
+@torch.inference_mode()
+def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want_nll: bool = False,
+                show_progress: bool | None = None):
+    """Per document: entropy H[i] (nats, float32) and, with want_nll, -log p(byte i) (nats, float64)."""
+    from tqdm import tqdm
+
+    model.eval()
+    W = model.config.max_seq_len
+    device = next(model.parameters()).device
+    ent = [np.zeros(len(d), dtype=np.float32) for d in docs]
+    nll = [np.zeros(len(d), dtype=np.float64) for d in docs] if want_nll else None
+    jobs = [(i, *w) for i, d in enumerate(docs) if len(d) for w in _windows(len(d), W)]
+    total = sum(len(d) for d in docs)
+    if show_progress is None:
+        show_progress = total > 1_000_000
+    bar = tqdm(total=total, desc="entropies", unit="B", unit_scale=True, disable=not show_progress)
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b:b + batch_size]
+        x = np.zeros((len(chunk), W), dtype=np.int64)  # rows padded on the right: causal, so harmless
+        for r, (i, s, _, e) in enumerate(chunk):
+            x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
+        xt = torch.from_numpy(x).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null():
+            logits, _ = model(xt)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+        h = -(logp.exp() * logp).sum(-1).cpu().numpy()  # (B, T)
+        if want_nll:
+            nl = -logp.gather(-1, xt.unsqueeze(-1)).squeeze(-1).double().cpu().numpy()  # (B, T)
+        for r, (i, s, k0, k1) in enumerate(chunk):
+            ent[i][k0:k1] = h[r, k0 - s:k1 - s]
+            if want_nll:
+                nll[i][k0:k1] = nl[r, k0 - s:k1 - s]
+            bar.update(k1 - k0)
+    bar.close()
+    return (ent, nll) if want_nll else ent
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def compute_entropies(model: MinimalLLM, data, batch_size: int = 32, show_progress: bool | None = None):
+    """H[i] in nats for every byte: one float32 array for `bytes`, a list of arrays for a list of documents."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return score_bytes(model, [bytes(data)], batch_size, show_progress=show_progress)[0]
+    return score_bytes(model, [bytes(d) for d in data], batch_size, show_progress=show_progress)
+
+
+def evaluate_bpb(model: MinimalLLM, docs: list[bytes], batch_size: int = 32) -> tuple[float, int]:
+    """(bits per byte, number of bytes) over every byte of `docs`, each scored from its own start."""
+    _, nll = score_bytes(model, docs, batch_size, want_nll=True)
+    n = sum(len(a) for a in nll)
+    if n == 0:
+        raise ValueError("no bytes to evaluate")
+    return float(sum(a.sum() for a in nll) / (math.log(2) * n)), n
+
+
+def cap_bytes(docs: list[bytes], max_bytes: int) -> list[bytes]:
+    """The first documents of `docs` up to max_bytes (whole documents, at least one)."""
+    out, total = [], 0
+    for d in docs:
+        if out and total + len(d) > max_bytes:
+            break
+        out.append(d)
+        total += len(d)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
+                        device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
+    """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from byte_data import ByteWindows
+    from save_entropy_model import load_into, save_checkpoint
+
+    dist, device = setup_distributed(device_name)
+    try:
+        seed_everything(config.seed)
+        model = MinimalLLM(config).to(device)
+        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+        start_step = 0
+        if resume:
+            extra = load_into(model, resume)
+            if "train" not in extra:
+                raise ValueError(f"{resume}: holds no training state to resume from")
+            optimizer.load_state_dict(extra["train"]["optimizer"])
+            start_step = extra["train"]["step"]
+        windows = ByteWindows(train_docs, config.max_seq_len, seed=config.seed)
+        trained = DDP(model) if dist.enabled else model
+        if compile:
+            trained = torch.compile(trained)
+
+        def batch_fn(step):
+            x, y = windows.batch(step, config.batch_size, dist.rank, dist.world_size)
+            return (x.to(device),), y.to(device)
+
+        def evaluate(step):
+            docs = val_docs if step == config.max_steps else cap_bytes(val_docs, config.eval_max_bytes)
+            bpb, n = evaluate_bpb(model, docs)
+            return {"val_bpb": bpb, "val_bytes": n}
+
+        def save(step):
+            save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict()},
+                            meta={"train_bytes": int(windows.lengths.sum())})
+
+        if dist.is_main:
+            print(f"entropy model: {count_params(model):,} params, train {len(train_docs)} docs "
+                  f"{int(windows.lengths.sum()):,} bytes, val {len(val_docs)} docs "
+                  f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
+        result = train_loop(trained, optimizer, batch_fn, config, device=device, dist=dist, start_step=start_step,
+                            bytes_per_step=config.batch_size // dist.world_size * config.max_seq_len,
+                            evaluate=evaluate if val_docs else None, save=save, desc="entropy LM")
+        final = result["evals"][-1] if result["evals"] else {}
+        return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
+                "train_bytes": int(windows.lengths.sum()), "params": count_params(model),
+                "bytes_per_s": result["bytes_per_s"], "train_loss": result["loss"],
+                "flops_per_byte": flops_per_byte(config), "checkpoint": out, "steps": config.max_steps,
+                "config": dataclasses.asdict(config)}
+    finally:
+        cleanup_distributed()
+
+
+def build_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> EntropyConfig:
+    """EntropyConfig from a named preset, the quick-demo settings, then explicit overrides."""
+    if preset not in ENTROPY_PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(ENTROPY_PRESETS)})")
+    fields = dict(ENTROPY_PRESETS[preset])
+    if quick_demo:
+        fields.update(ENTROPY_PRESETS["quick"])
+    return config_from_dict(EntropyConfig, fields, **overrides)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
+    p.add_argument("--preset", default="cpu", choices=sorted(ENTROPY_PRESETS))
+    p.add_argument("--quick_demo", action="store_true", help="fewer steps and bytes: a few minutes on a CPU")
+    p.add_argument("--out", default="entropy_model.pth", help="checkpoint to write")
+    p.add_argument("--resume", default=None, help="checkpoint to continue training from")
+    p.add_argument("--eval", action="store_true", help="only evaluate --checkpoint on every byte of --data")
+    p.add_argument("--checkpoint", default=None, help="model to evaluate with --eval")
+    p.add_argument("--report", default=None, help="write the figures as JSON here")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    add_config_args(p, EntropyConfig)
+    args = p.parse_args(argv)
+
+    from byte_data import DataError, load_corpus, split_documents
+    from save_entropy_model import CheckpointError, load_entropy_model
+
+    try:
+        if args.eval:
+            if not args.checkpoint:
+                p.error("--eval needs --checkpoint")
+            model = load_entropy_model(args.checkpoint, device=args.device or "cpu")
+            docs = load_corpus(args.data, max_bytes=args.max_bytes)
+            t0 = time.perf_counter()
+            bpb, n = evaluate_bpb(model, docs)
+            report = {"val_bpb": bpb, "num_bytes": n, "bytes_per_s": n / (time.perf_counter() - t0),
+                      "checkpoint": args.checkpoint, "data": args.data}
+            print(f"{args.data}: {bpb:.4f} bits per byte over {n:,} bytes")
+        else:
+            config = build_config(args.preset, args.quick_demo, **config_overrides(args, EntropyConfig))
+            train_docs, val_docs = split_documents(load_corpus(args.data, max_bytes=config.max_bytes))
+            report = train_entropy_model(config, train_docs, val_docs, args.out, args.device, args.resume, args.compile)
+            if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the job
+                return 0
+            print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
+                  f"{report['bytes_per_s']:,.0f} training bytes/s; saved {args.out}")
+    except (CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
