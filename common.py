@@ -254,6 +254,68 @@ def _parse_bool(s: str) -> bool:
     raise ValueError(f"not a boolean: {s}")
 
 
+class CausalLM(CarriesConfig, nn.Module):
+    """A causal transformer LM over ids 0..vocab_size-1 (bytes or tokens): the entropy model and baselines.
+
+    logits[:, t] is the distribution of idx[:, t] given idx[:, :t]: the input at position t is the
+    embedding of id t-1, and position 0 reads a learned start vector, so no id is reserved for "start"
+    and the first id of a document is predicted too. Targets are therefore the inputs themselves (with
+    -100 where padded). `config` needs d_model, n_heads, n_layers, max_seq_len and vocab_size.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C, V = config.d_model, config.vocab_size
+        self.embed = nn.Embedding(V, C)
+        self.start = nn.Parameter(torch.zeros(C))
+        self.rotary = Rotary(C // config.n_heads, config.max_seq_len)
+        self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
+        self.norm = RMSNorm(C)
+        self.head = nn.Linear(C, V, bias=False)
+        init_weights(self)
+        nn.init.normal_(self.start, std=0.02)
+        for block in self.blocks:  # scale residual projections by depth (GPT-2)
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def _start(self, batch: int):
+        return self.start.view(1, 1, -1).expand(batch, 1, -1).to(self.embed.weight.dtype)  # (B, 1, C)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        x = torch.cat([self._start(B), self.embed(idx[:, :-1])], dim=1)  # (B, T, C): shifted right
+        cos, sin = self.rotary(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        """Empty KV caches for incremental decoding with step()."""
+        p = self.head.weight
+        hd = self.config.d_model // self.config.n_heads
+        return [KVCache(batch, self.config.n_heads, hd, max_len, p.device, p.dtype) for _ in self.blocks]
+
+    def step(self, x, caches: list[KVCache]):
+        """Feed inputs, get logits (B, t, V) where row t predicts the id AFTER input t.
+
+        x is (B, t) ids, or None to feed the start vector (whose logits predict the first id).
+        """
+        h = self._start(caches[0].k.size(0)) if x is None else self.embed(x)  # (B, t, C)
+        pos0 = caches[0].len
+        cos, sin = self.rotary(torch.arange(pos0, pos0 + h.size(1), device=h.device))
+        for block, cache in zip(self.blocks, caches):
+            h = block(h, cos, sin, cache=cache)
+        return self.head(self.norm(h))  # (B, t, V)
+
+    def num_params(self) -> int:
+        return count_params(self)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Device, precision, optimisation, distributed
 

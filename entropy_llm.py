@@ -26,13 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (Block, CarriesConfig, KVCache, RMSNorm, Rotary, add_config_args, block_flops_per_token,
-                    causal_context, cleanup_distributed, config_from_dict, config_overrides, count_params,
-                    init_weights, make_optimizer, mlp_hidden, seed_everything, setup_distributed, train_loop,
-                    write_report)
+from common import (CausalLM, add_config_args, autocast, block_flops_per_token, causal_context, cleanup_distributed,
+                    config_from_dict, config_overrides, count_params, make_optimizer, mlp_hidden, seed_everything,
+                    setup_distributed, train_loop, write_report)
 
 
 @dataclass
@@ -71,13 +69,13 @@ class EntropyConfig:
 ENTROPY_PRESETS = {
     "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, batch_size=8, max_steps=20, max_bytes=100_000),
     "cpu": {},
-    "quick": dict(max_steps=700, max_bytes=1_500_000, eval_interval=0, ckpt_interval=0),
+    "quick": dict(max_steps=400, max_bytes=1_500_000, eval_interval=0, ckpt_interval=0),
     "seed": dict(d_model=384, n_heads=8, n_layers=6, max_seq_len=512, batch_size=64, max_steps=20_000,
                  lr=1e-3, max_bytes=500_000_000, eval_interval=1000, ckpt_interval=1000),
 }
 
 
-class MinimalLLM(CarriesConfig, nn.Module):
+class MinimalLLM(CausalLM):
     """Causal byte transformer. logits[:, t] is the distribution of byte idx[:, t] given idx[:, :t].
 
     The input at position t is the embedding of byte t-1; position 0 reads a learned start vector, so
@@ -87,65 +85,6 @@ class MinimalLLM(CarriesConfig, nn.Module):
     kind = "entropy_llm"
     config_class = EntropyConfig
     arch_fields = ("d_model", "n_heads", "n_layers", "vocab_size")
-
-    def __init__(self, config: EntropyConfig):
-        super().__init__()
-        self.config = config
-        C = config.d_model
-        self.embed = nn.Embedding(config.vocab_size, C)
-        self.start = nn.Parameter(torch.zeros(C))
-        self.rotary = Rotary(C // config.n_heads, config.max_seq_len)
-        self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
-        self.norm = RMSNorm(C)
-        self.head = nn.Linear(C, config.vocab_size, bias=False)
-        init_weights(self)
-        nn.init.normal_(self.start, std=0.02)
-        for block in self.blocks:  # scale residual projections by depth (GPT-2)
-            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
-            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    def _inputs(self, idx):
-        """Shift right: (B, T) byte ids -> (B, T, C) with the start vector at position 0."""
-        B = idx.size(0)
-        start = self.start.view(1, 1, -1).expand(B, 1, -1).to(self.embed.weight.dtype)
-        return torch.cat([start, self.embed(idx[:, :-1])], dim=1)  # (B, T, C)
-
-    def forward(self, idx, targets=None):
-        T = idx.size(1)
-        x = self._inputs(idx)  # (B, T, C)
-        cos, sin = self.rotary(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        logits = self.head(self.norm(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
-
-    # --- incremental decoding (generation, streaming patching)
-
-    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
-        p = self.head.weight
-        hd = self.config.d_model // self.config.n_heads
-        return [KVCache(batch, self.config.n_heads, hd, max_len, p.device, p.dtype) for _ in self.blocks]
-
-    def step(self, x, caches: list[KVCache]):
-        """Feed inputs and get next-byte logits (B, t, V): row t predicts the byte AFTER input t.
-
-        x is (B, t) byte ids, or None to feed the start vector (whose logits predict the first byte).
-        """
-        if x is None:
-            h = self.start.view(1, 1, -1).expand(caches[0].k.size(0), 1, -1).to(self.embed.weight.dtype)
-        else:
-            h = self.embed(x)  # (B, t, C)
-        pos0 = caches[0].len
-        cos, sin = self.rotary(torch.arange(pos0, pos0 + h.size(1), device=h.device))
-        for block, cache in zip(self.blocks, caches):
-            h = block(h, cos, sin, cache=cache)
-        return self.head(self.norm(h))  # (B, t, V)
-
-    def num_params(self) -> int:
-        return count_params(self)
 
 
 def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
@@ -177,28 +116,34 @@ def _windows(n: int, W: int):
 
 
 @torch.inference_mode()
-def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want_nll: bool = False,
-                show_progress: bool | None = None):
-    """Per document: entropy H[i] (nats, float32) and, with want_nll, -log p(byte i) (nats, float64)."""
+def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, show_progress: bool | None = None,
+                    unit: str = "B"):
+    """Per sequence: entropy (nats, float32) and, with want_nll, -log p (nats, float64) at every position.
+
+    `seqs` are bytes or 1-D integer arrays of token ids; `model` is any CausalLM-style model whose
+    logits[:, t] predict id t. Sequences longer than the model's window are scored in overlapping
+    windows (see _windows); windows of all sequences share batches, each in its own row.
+    """
     from tqdm import tqdm
 
     model.eval()
     W = model.config.max_seq_len
     device = next(model.parameters()).device
-    ent = [np.zeros(len(d), dtype=np.float32) for d in docs]
-    nll = [np.zeros(len(d), dtype=np.float64) for d in docs] if want_nll else None
-    jobs = [(i, *w) for i, d in enumerate(docs) if len(d) for w in _windows(len(d), W)]
-    total = sum(len(d) for d in docs)
+    arrays = [np.frombuffer(s, dtype=np.uint8) if isinstance(s, (bytes, bytearray)) else np.asarray(s) for s in seqs]
+    ent = [np.zeros(len(a), dtype=np.float32) for a in arrays]
+    nll = [np.zeros(len(a), dtype=np.float64) for a in arrays] if want_nll else None
+    jobs = [(i, *w) for i, a in enumerate(arrays) if len(a) for w in _windows(len(a), W)]
+    total = sum(len(a) for a in arrays)
     if show_progress is None:
         show_progress = total > 1_000_000
-    bar = tqdm(total=total, desc="entropies", unit="B", unit_scale=True, disable=not show_progress)
+    bar = tqdm(total=total, desc="scoring", unit=unit, unit_scale=True, disable=not show_progress)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
         x = np.zeros((len(chunk), W), dtype=np.int64)  # rows padded on the right: causal, so harmless
         for r, (i, s, _, e) in enumerate(chunk):
-            x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
+            x[r, : e - s] = arrays[i][s:e]
         xt = torch.from_numpy(x).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null():
+        with autocast(device):
             logits, _ = model(xt)
         logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         h = -(logp.exp() * logp).sum(-1).cpu().numpy()  # (B, T)
@@ -213,10 +158,10 @@ def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want
     return (ent, nll) if want_nll else ent
 
 
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
+def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want_nll: bool = False,
+                show_progress: bool | None = None):
+    """Per document: entropy H[i] (nats, float32) and, with want_nll, -log p(byte i) (nats, float64)."""
+    return score_sequences(model, docs, batch_size, want_nll, show_progress)
 
 
 def compute_entropies(model: MinimalLLM, data, batch_size: int = 32, show_progress: bool | None = None):
