@@ -121,18 +121,24 @@ def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list
 class ByteWindows:
     """Fixed-length training windows at random offsets inside documents, deterministic per step.
 
-    batch(step) gives the rows of the global batch that belong to `rank`: every rank draws the same
-    global batch from (seed, step) and keeps its contiguous slice, so N processes with batch B/N each
-    train on exactly what one process with batch B would.
+    Documents are `bytes` (ids 0..255) or 1-D integer arrays (token ids, e.g. a BPE baseline's), and
+    lengths and offsets count those ids. batch(step) gives the rows of the global batch that belong to
+    `rank`: every rank draws the same global batch from (seed, step) and keeps its contiguous slice, so
+    N processes with batch B/N each train on exactly what one process with batch B would.
     """
 
-    def __init__(self, docs: list[bytes], seq_len: int, seed: int = 0):
+    def __init__(self, docs: list[bytes] | list[np.ndarray], seq_len: int, seed: int = 0):
         if not docs:
             raise DataError("no training documents")
         self.seq_len, self.seed = seq_len, seed
         self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        self.buffer = np.frombuffer(b"".join(docs), dtype=np.uint8)
+        if all(isinstance(d, (bytes, bytearray)) for d in docs):
+            self.buffer = np.frombuffer(b"".join(docs), dtype=np.uint8)
+        else:
+            self.buffer = np.concatenate([np.asarray(d).ravel() for d in docs])
+            if not np.issubdtype(self.buffer.dtype, np.integer):
+                raise DataError(f"training documents must be bytes or integer ids, not {self.buffer.dtype}")
         self.prob = self.lengths / self.lengths.sum()  # documents drawn in proportion to their length
 
     def sample(self, step: int, batch_size: int):
@@ -144,7 +150,7 @@ class ByteWindows:
         return doc, offset
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        """x (B/world, T) byte ids, y (B/world, T) targets (= x, with -100 on padding past a short document)."""
+        """x (B/world, T) ids, y (B/world, T) targets (= x, with -100 on padding past a short document)."""
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
         doc, offset = self.sample(step, batch_size)

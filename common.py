@@ -462,6 +462,46 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
     return {"loss": loss_val, "evals": history, "bytes_per_s": timed_bytes / elapsed if elapsed > 0 else float("nan")}
 
 
+def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str | None = None, compile: bool = False,
+                evaluate=None, meta: dict | None = None, desc: str = "train", bytes_per_step: float | None = None,
+                bpb_per_loss: float = 1 / math.log(2)) -> dict:
+    """The training driver the scripts share: AdamW, --resume, DDP, torch.compile, checkpoints, train_loop.
+
+    `model` is built and on `device`; `data.batch(step, batch_size, rank, world_size)` returns
+    (*inputs, targets) on the CPU (byte_data.ByteWindows does). Checkpoints go to `out` (atomically)
+    with the optimizer state under `train` and `meta` as run facts. bytes_per_step is this rank's bytes
+    per step (default: its rows x cfg.max_seq_len, right for byte models). Returns train_loop's dict.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from save_entropy_model import load_into, save_checkpoint
+
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    start_step = 0
+    if resume:
+        extra = load_into(model, resume)
+        if "train" not in extra:
+            raise ValueError(f"{resume}: holds no training state to resume from")
+        optimizer.load_state_dict(extra["train"]["optimizer"])
+        start_step = extra["train"]["step"]
+    trained = DDP(model) if dist.enabled else model
+    if compile:
+        trained = torch.compile(trained)
+
+    def batch_fn(step):
+        *inputs, targets = data.batch(step, cfg.batch_size, dist.rank, dist.world_size)
+        return tuple(x.to(device) for x in inputs), targets.to(device)
+
+    def save(step):
+        save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict()}, meta=meta)
+
+    if bytes_per_step is None:
+        bytes_per_step = cfg.batch_size // dist.world_size * cfg.max_seq_len
+    return train_loop(trained, optimizer, batch_fn, cfg, device=device, dist=dist, start_step=start_step,
+                      bytes_per_step=bytes_per_step, evaluate=evaluate, save=save, desc=desc,
+                      bpb_per_loss=bpb_per_loss)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Files
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from common import (CausalLM, add_config_args, autocast, block_flops_per_token, causal_context, cleanup_distributed,
-                    config_from_dict, config_overrides, count_params, make_optimizer, mlp_hidden, seed_everything,
-                    setup_distributed, train_loop, write_report)
+                    config_from_dict, config_overrides, count_params, mlp_hidden, seed_everything, setup_distributed,
+                    train_model, write_report)
 
 
 @dataclass
@@ -164,7 +164,7 @@ def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want
     return score_sequences(model, docs, batch_size, want_nll, show_progress)
 
 
-def compute_entropies(model: MinimalLLM, data, batch_size: int = 32, show_progress: bool | None = None):
+def compute_entropies(model: MinimalLLM, data, batch_size: int = 64, show_progress: bool | None = None):
     """H[i] in nats for every byte: one float32 array for `bytes`, a list of arrays for a list of documents."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return score_bytes(model, [bytes(data)], batch_size, show_progress=show_progress)[0]
@@ -198,48 +198,26 @@ def cap_bytes(docs: list[bytes], max_bytes: int) -> list[bytes]:
 def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
                         device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
     """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     from byte_data import ByteWindows
-    from save_entropy_model import load_into, save_checkpoint
 
     dist, device = setup_distributed(device_name)
     try:
         seed_everything(config.seed)
         model = MinimalLLM(config).to(device)
-        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start_step = 0
-        if resume:
-            extra = load_into(model, resume)
-            if "train" not in extra:
-                raise ValueError(f"{resume}: holds no training state to resume from")
-            optimizer.load_state_dict(extra["train"]["optimizer"])
-            start_step = extra["train"]["step"]
         windows = ByteWindows(train_docs, config.max_seq_len, seed=config.seed)
-        trained = DDP(model) if dist.enabled else model
-        if compile:
-            trained = torch.compile(trained)
-
-        def batch_fn(step):
-            x, y = windows.batch(step, config.batch_size, dist.rank, dist.world_size)
-            return (x.to(device),), y.to(device)
 
         def evaluate(step):
             docs = val_docs if step == config.max_steps else cap_bytes(val_docs, config.eval_max_bytes)
             bpb, n = evaluate_bpb(model, docs)
             return {"val_bpb": bpb, "val_bytes": n}
 
-        def save(step):
-            save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict()},
-                            meta={"train_bytes": int(windows.lengths.sum())})
-
         if dist.is_main:
             print(f"entropy model: {count_params(model):,} params, train {len(train_docs)} docs "
                   f"{int(windows.lengths.sum()):,} bytes, val {len(val_docs)} docs "
                   f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
-        result = train_loop(trained, optimizer, batch_fn, config, device=device, dist=dist, start_step=start_step,
-                            bytes_per_step=config.batch_size // dist.world_size * config.max_seq_len,
-                            evaluate=evaluate if val_docs else None, save=save, desc="entropy LM")
+        result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
+                             evaluate=evaluate if val_docs else None,
+                             meta={"train_bytes": int(windows.lengths.sum())}, desc="entropy LM")
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "train_bytes": int(windows.lengths.sum()), "params": count_params(model),
