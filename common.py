@@ -464,7 +464,7 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
 
 def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str | None = None, compile: bool = False,
                 evaluate=None, meta: dict | None = None, desc: str = "train", bytes_per_step: float | None = None,
-                bpb_per_loss: float = 1 / math.log(2)) -> dict:
+                bpb_per_loss: float = 1 / math.log(2), postfix=None) -> dict:
     """The training driver the scripts share: AdamW, --resume, DDP, torch.compile, checkpoints, train_loop.
 
     `model` is built and on `device`; `data.batch(step, batch_size, rank, world_size)` returns
@@ -499,7 +499,7 @@ def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str |
         bytes_per_step = cfg.batch_size // dist.world_size * cfg.max_seq_len
     return train_loop(trained, optimizer, batch_fn, cfg, device=device, dist=dist, start_step=start_step,
                       bytes_per_step=bytes_per_step, evaluate=evaluate, save=save, desc=desc,
-                      bpb_per_loss=bpb_per_loss)
+                      bpb_per_loss=bpb_per_loss, postfix=postfix)
 
 
 # ----------------------------------------------------------------------------------------------------

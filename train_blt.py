@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from blt_model import BLTConfig, BLTModel, flops_per_byte
 from byte_data import DataError, load_corpus, split_documents
 from common import (add_config_args, atomic_write, autocast, cleanup_distributed, config_from_dict, config_overrides,
-                    count_params, make_optimizer, seed_everything, setup_distributed, train_loop, write_report)
+                    count_params, seed_everything, setup_distributed, train_model, write_report)
 from entropy_patcher import PatchConfig, calibrate_threshold, patch_lengths_from_entropies, patch_statistics
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model, model_fingerprint
 
@@ -203,7 +203,7 @@ class PatchedWindows:
                      for st, d in zip(self.starts, docs)]
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        """x (B', T) bytes, y (B', T) targets (-100 past a short document), lengths (B', P) zero-padded."""
+        """x (B', T) bytes, lengths (B', P) zero-padded, y (B', T) targets (-100 past a short document)."""
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
         rng = np.random.default_rng((self.seed, step))
@@ -224,7 +224,7 @@ class PatchedWindows:
         lengths = np.zeros((per, max(len(n) for n in rows)), dtype=np.int64)  # (B', P)
         for r, n in enumerate(rows):
             lengths[r, : len(n)] = n
-        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lengths)
+        return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(y)
 
 
 def eval_windows(docs: list[bytes], lengths: list[np.ndarray], seq_len: int):
@@ -284,37 +284,19 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], seq_
 def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out: str = "blt_model.pth",
               device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
     """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from save_entropy_model import load_into, save_checkpoint
-
     dist, device = setup_distributed(device_name)
     try:
-        seed_everything(config.seed)
         model.to(device)
-        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start_step = 0
         meta = {"patch_config": dataclasses.asdict(dataset.patch_config), "train_config": dataclasses.asdict(config),
                 "entropy_model_path": dataset.entropy_model_path, "entropy_fingerprint": dataset.entropy_fingerprint,
                 "mean_patch_size": dataset.mean_patch_size}
-        if resume:
-            extra = load_into(model, resume)
-            if "train" not in extra:
-                raise ValueError(f"{resume}: holds no training state to resume from")
-            if extra.get("meta", {}).get("patch_config") != meta["patch_config"]:
-                raise ValueError(f"{resume}: was trained with other patches ({extra.get('meta', {}).get('patch_config')})")
-            optimizer.load_state_dict(extra["train"]["optimizer"])
-            start_step = extra["train"]["step"]
+        if resume:  # the same patches, or the resumed run would not be the same run
+            saved = (load_checkpoint(resume, "blt")["_extra_state"].get("meta") or {}).get("patch_config")
+            if saved != meta["patch_config"]:
+                raise ValueError(f"{resume}: was trained with other patches ({saved})")
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, config.seq_len, config.seed)
-        trained = DDP(model) if dist.enabled else model
-        if compile:
-            trained = torch.compile(trained)
         mean_ps = dataset.mean_patch_size
         n_train = sum(map(len, dataset.train_docs))
-
-        def batch_fn(step):
-            x, y, pl = windows.batch(step, config.batch_size, dist.rank, dist.world_size)
-            return (x.to(device), pl.to(device)), y.to(device)
 
         def run_eval(step):
             docs, lengths = dataset.val_docs, dataset.val_lengths
@@ -324,19 +306,17 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
             bpb, n = evaluate(model, docs, lengths, config.seq_len, device=device)
             return {"val_bpb": bpb, "val_bytes": n}
 
-        def save(step):
-            save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict()}, meta=meta)
-
         if dist.is_main:
+            pc = dataset.patch_config
+            threshold = f" threshold {pc.entropy_threshold:.4f}" if pc.needs_entropy else ""
             print(f"BLT: {count_params(model):,} params ({model.num_params(include_hash=False):,} without hash "
-                  f"tables); patching {dataset.patch_config.method} threshold "
-                  f"{dataset.patch_config.entropy_threshold:.4f}, mean patch {mean_ps:.2f} bytes; train "
+                  f"tables); patching {pc.method}{threshold}, mean patch {mean_ps:.2f} bytes; train "
                   f"{len(dataset.train_docs)} docs {n_train:,} bytes, val {len(dataset.val_docs)} docs "
                   f"{sum(map(len, dataset.val_docs)):,} bytes; device {device}, {dist.world_size} process(es)")
-        result = train_loop(trained, optimizer, batch_fn, config, device=device, dist=dist, start_step=start_step,
-                            bytes_per_step=config.batch_size // dist.world_size * config.seq_len,
-                            evaluate=run_eval, save=save, desc="BLT",
-                            postfix=lambda step: {"patch": f"{mean_ps:.2f}"})
+        result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
+                             evaluate=run_eval, meta=meta, desc="BLT",
+                             bytes_per_step=config.batch_size // dist.world_size * config.seq_len,
+                             postfix=lambda step: {"patch": f"{mean_ps:.2f}"})
         final = result["evals"][-1] if result["evals"] else {}
         fpb = flops_per_byte(model.config, mean_ps, config.seq_len)
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),

@@ -49,7 +49,7 @@ def test_windows_start_at_patch_starts_and_carry_the_documents_patches():
     lengths = [np.array([3, 1, 4, 1, 5] * 71 + [6]), np.array([5, 4]), np.array([7] * 100)]
     assert [int(n.sum()) for n in lengths] == [len(d) for d in docs]
     w = PatchedWindows(docs, lengths, seq_len=64, seed=1)
-    x, y, pl = w.batch(3, 32)
+    x, pl, y = w.batch(3, 32)
     assert torch.equal(x, w.batch(3, 32)[0]) and not torch.equal(x, w.batch(4, 32)[0])
     for r in range(32):
         n = int((y[r] != -100).sum())
