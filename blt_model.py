@@ -32,7 +32,6 @@ C local width (encoder or decoder), D global width, H heads, Dh head dim, S keys
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (Attention, Block, CarriesConfig, KVCache, RMSNorm, Rotary, apply_rotary, block_flops_per_token,
-                    causal_context, config_from_dict, count_params, init_weights, mlp_hidden)
+                    causal_context, config_from_dict, count_params, init_weights, mlp_hidden, scale_residual_init)
 
 V = 256  # byte classes
 
@@ -265,12 +264,6 @@ class CrossAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
 
-def _scale_residuals(blocks, n_layers: int):
-    for block in blocks:  # GPT-2: residual projections shrink with depth
-        nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * n_layers))
-        nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * n_layers))
-
-
 class LocalEncoder(nn.Module):
     """Bytes -> byte states (windowed causal self-attention) and patch states (pool + cross-attention).
 
@@ -416,7 +409,7 @@ class BLTModel(CarriesConfig, nn.Module):
         init_weights(self)
         for stack, n in ((self.encoder, config.encoder_layers), (self.global_model, config.global_layers),
                          (self.decoder, config.decoder_layers)):
-            _scale_residuals(stack.blocks, n)
+            scale_residual_init(stack.blocks, n)
         nn.init.normal_(self.decoder.start, std=0.02)
         nn.init.normal_(self.decoder.global_start, std=0.02)
 

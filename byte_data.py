@@ -164,6 +164,29 @@ class ByteWindows:
         return x, y
 
 
+def document_digests(docs: list[bytes]) -> list[list]:
+    """[sha256 prefix, length] of each document: a compact record of what a model was trained on."""
+    import hashlib
+
+    return [[hashlib.sha256(d).hexdigest()[:16], len(d)] for d in docs]
+
+
+def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[bytes]) -> int:
+    """How many of `val_docs` (the held-out part of corpus `docs`) a model trained on `trained_on` saw.
+
+    A held-out document counts when its digest is among the trained ones; for a one-document corpus, whose
+    held-out part is its tail, when the model trained on a prefix of that document reaching into the tail.
+    """
+    import hashlib
+
+    seen = {sha for sha, _ in trained_on}
+    count = sum(hashlib.sha256(v).hexdigest()[:16] in seen for v in val_docs)
+    if len(docs) == 1 and val_docs:
+        doc, cut = docs[0], len(docs[0]) - len(val_docs[0])
+        count += any(cut < n <= len(doc) and hashlib.sha256(doc[:n]).hexdigest()[:16] == sha for sha, n in trained_on)
+    return count
+
+
 def corpus_summary(docs: list[bytes]) -> str:
     n = sum(len(d) for d in docs)
     return f"{len(docs)} documents, {n:,} bytes"

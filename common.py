@@ -170,11 +170,23 @@ def init_weights(module: nn.Module, std: float = 0.02):
                 nn.init.zeros_(m.bias)
 
 
+def scale_residual_init(blocks, n_layers: int, std: float = 0.02):
+    """GPT-2: residual output projections start smaller the deeper the stack."""
+    for block in blocks:
+        nn.init.normal_(block.attn.proj.weight, std=std / math.sqrt(2 * n_layers))
+        nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * n_layers))
+
+
 def block_flops_per_token(dim: int, hidden: int, context: float) -> float:
     """Forward FLOPs of one Block for one token attending to `context` keys (2 FLOPs per multiply-add)."""
     matmul = 2 * (3 * dim * dim + dim * dim + 3 * dim * hidden)  # qkv, proj, SwiGLU up (2x) and down
     attention = 2 * 2 * dim * context  # q.k scores and the weighted sum of values
     return matmul + attention
+
+
+def lm_flops_per_token(dim: int, n_layers: int, vocab_size: int, seq_len: int) -> float:
+    """Forward FLOPs per token of a CausalLM: its blocks at mean causal context, plus the vocab head."""
+    return n_layers * block_flops_per_token(dim, mlp_hidden(dim), causal_context(seq_len)) + 2 * dim * vocab_size
 
 
 def causal_context(seq_len: int, window: int | None = None) -> float:
@@ -275,9 +287,7 @@ class CausalLM(CarriesConfig, nn.Module):
         self.head = nn.Linear(C, V, bias=False)
         init_weights(self)
         nn.init.normal_(self.start, std=0.02)
-        for block in self.blocks:  # scale residual projections by depth (GPT-2)
-            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
-            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+        scale_residual_init(self.blocks, config.n_layers)
 
     def _start(self, batch: int):
         return self.start.view(1, 1, -1).expand(batch, 1, -1).to(self.embed.weight.dtype)  # (B, 1, C)
@@ -407,7 +417,8 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
     batch_fn(step) -> (inputs: tuple, targets) for this rank, a pure function of the step, so a resumed
     run sees exactly the batches an uninterrupted one would. `cfg` provides max_steps, lr, warmup_steps,
     min_lr_ratio, grad_clip and eval_interval. evaluate(step) -> dict and save(step) run on rank 0 only;
-    postfix(step) -> dict adds fields to the progress bar; bpb_per_loss converts the loss to bits per byte
+    postfix(step) -> dict adds fields to the progress bar (whose loss is smoothed; the returned `loss` is
+    the last batch's, exactly reproducible on resume); bpb_per_loss converts the loss to bits per byte
     for the bar (1/ln 2 for byte models, tokens-per-byte/ln 2 for token models). Returns the last loss, the eval history and
     the training throughput in bytes/s (all ranks together).
     """
@@ -415,7 +426,7 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
 
     from tqdm import tqdm
 
-    history, loss_val, t0, timed_bytes = [], float("nan"), None, 0
+    history, loss_val, t0, timed_bytes, paused, smooth = [], float("nan"), None, 0, 0.0, None
     bar = tqdm(range(start_step, cfg.max_steps), desc=desc, disable=not dist.is_main, dynamic_ncols=True,
                initial=start_step, total=cfg.max_steps)
     model.train()
@@ -443,13 +454,15 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
             t0 = time.perf_counter()
         else:
             timed_bytes += bytes_per_step * dist.world_size
-        shown = {"loss": f"{loss_val:.3f}", "bpb": f"{loss_val * bpb_per_loss:.3f}"}
+        smooth = loss_val if smooth is None else 0.95 * smooth + 0.05 * loss_val  # one batch is noisy
+        shown = {"loss": f"{smooth:.3f}", "bpb": f"{smooth * bpb_per_loss:.3f}"}
         if timed_bytes:
-            shown["B/s"] = f"{timed_bytes / (time.perf_counter() - t0):.0f}"
+            shown["B/s"] = f"{timed_bytes / (time.perf_counter() - t0 - paused):.0f}"
         if postfix is not None:
             shown.update(postfix(step))
         bar.set_postfix(shown, refresh=False)
         last = step + 1 == cfg.max_steps
+        t_pause = time.perf_counter()  # evaluation and saving are not training: keep them out of bytes/s
         if dist.is_main and evaluate is not None and (last or (cfg.eval_interval and (step + 1) % cfg.eval_interval == 0)):
             result = {"step": step + 1, **evaluate(step + 1)}
             history.append(result)
@@ -457,9 +470,15 @@ def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_ste
             model.train()
         if dist.is_main and save is not None and (last or (cfg.ckpt_interval and (step + 1) % cfg.ckpt_interval == 0)):
             save(step + 1)
+        paused += time.perf_counter() - t_pause
     bar.close()
-    elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
+    elapsed = time.perf_counter() - t0 - paused if t0 is not None else 0.0
     return {"loss": loss_val, "evals": history, "bytes_per_s": timed_bytes / elapsed if elapsed > 0 else float("nan")}
+
+
+# training-config fields a resumed run must share with the run it continues
+RESUME_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "seed",
+               "max_seq_len", "seq_len")
 
 
 def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str | None = None, compile: bool = False,
@@ -478,10 +497,15 @@ def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str |
 
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     start_step = 0
+    run_config = dataclasses.asdict(cfg)
     if resume:
         extra = load_into(model, resume)
         if "train" not in extra:
             raise ValueError(f"{resume}: holds no training state to resume from")
+        saved = extra["train"].get("config", {})
+        diff = [f"{k}={saved[k]!r} (now {run_config[k]!r})" for k in RESUME_KEYS if k in saved and saved[k] != run_config.get(k)]
+        if diff:  # another schedule or data order would not continue the same run
+            raise ValueError(f"{resume}: was trained with other settings: {', '.join(diff)}")
         optimizer.load_state_dict(extra["train"]["optimizer"])
         start_step = extra["train"]["step"]
     trained = DDP(model) if dist.enabled else model
@@ -493,13 +517,19 @@ def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str |
         return tuple(x.to(device) for x in inputs), targets.to(device)
 
     def save(step):
-        save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict()}, meta=meta)
+        save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict(), "config": run_config},
+                        meta=meta)
 
     if bytes_per_step is None:
         bytes_per_step = cfg.batch_size // dist.world_size * cfg.max_seq_len
-    return train_loop(trained, optimizer, batch_fn, cfg, device=device, dist=dist, start_step=start_step,
-                      bytes_per_step=bytes_per_step, evaluate=evaluate, save=save, desc=desc,
-                      bpb_per_loss=bpb_per_loss, postfix=postfix)
+    result = train_loop(trained, optimizer, batch_fn, cfg, device=device, dist=dist, start_step=start_step,
+                        bytes_per_step=bytes_per_step, evaluate=evaluate, save=save, desc=desc,
+                        bpb_per_loss=bpb_per_loss, postfix=postfix)
+    if dist.enabled:  # no rank leaves before rank 0 has written the checkpoint others may read next
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------

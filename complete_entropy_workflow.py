@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
@@ -108,7 +106,7 @@ def run_blt(name: str, study: StudyConfig, docs, entropy_model, entropy_path, ou
         base = dataclasses.replace(base, **{k: v for k, v in tb.TRAIN_PRESETS["tiny"].items()
                                             if k in ("seq_len", "max_patch_size", "batch_size")})
     ds = tb.prepare_dataset(base, docs, entropy_model if base.needs_entropy else None, entropy_path)
-    model = tb.build_model(base)
+    model = tb.build_model(base, ds.patch_config)
     fpb = flops_per_byte(model.config, ds.mean_patch_size, base.seq_len)
     per_step = 3 * fpb * base.batch_size * base.seq_len
     cfg = dataclasses.replace(base, **{k: v for k, v in _schedule(_steps_for(study.flops_budget, per_step),
@@ -185,20 +183,18 @@ def plot_study(runs: list[dict], datasets: dict, out_dir: str, paragraph=None) -
 
 
 def held_out_paragraph(ds, entropy_model, max_len: int = 160):
-    """A paragraph of prose from the held-out documents, with its entropies and global patches."""
+    """A paragraph of a held-out document (after its first blank line), its entropies and global patches."""
     from entropy_llm import compute_entropies
+    from train_blt import _window_lengths, patch_starts
 
-    doc = next((d for d in ds.val_docs if b"\n\n" in d[:4000]), ds.val_docs[0])
-    idx = [i for i, d in enumerate(ds.val_docs) if d is doc][0]
-    H = compute_entropies(entropy_model, doc)
-    start = doc.find(b"\n\n") + 2 if b"\n\n" in doc[:4000] else 0
-    start = int(np.searchsorted(np.cumsum(np.append(0, ds.val_lengths[idx])), start))  # first patch start after it
-    starts = np.cumsum(np.append(0, ds.val_lengths[idx]))
-    s = int(starts[min(start, len(starts) - 1)])
+    idx = next((i for i, d in enumerate(ds.val_docs) if b"\n\n" in d[:4000]), 0)
+    doc = ds.val_docs[idx]
+    starts = patch_starts(ds.val_lengths[idx])
+    blank = doc.find(b"\n\n", 0, 4000) + 2 if b"\n\n" in doc[:4000] else 0
+    s = int(starts[min(np.searchsorted(starts, min(blank, len(doc) - 1)), len(starts) - 1)])  # a patch start
     e = min(len(doc), s + max_len)
-    inner = starts[(starts >= s) & (starts < e)]
-    lengths = np.diff(np.append(inner, e))
-    return doc[s:e], H[s:e], lengths, ds.patch_config.entropy_threshold
+    H = compute_entropies(entropy_model, doc[:e])  # causal: the prefix gives the same entropies as the whole
+    return doc[s:e], H[s:e], _window_lengths(starts, s, e), ds.patch_config.entropy_threshold
 
 
 # ----------------------------------------------------------------------------------------------------

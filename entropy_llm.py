@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CausalLM, add_config_args, autocast, block_flops_per_token, causal_context, cleanup_distributed,
-                    config_from_dict, config_overrides, count_params, mlp_hidden, seed_everything, setup_distributed,
+from common import (CausalLM, add_config_args, cleanup_distributed, lm_flops_per_token,
+                    config_from_dict, config_overrides, count_params, seed_everything, setup_distributed,
                     train_model, write_report)
 
 
@@ -89,10 +89,7 @@ class MinimalLLM(CausalLM):
 
 def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per byte: the blocks at mean causal context, plus the 256-way head."""
-    T = seq_len or config.max_seq_len
-    C = config.d_model
-    per_block = block_flops_per_token(C, mlp_hidden(C), causal_context(T))
-    return config.n_layers * per_block + 2 * C * config.vocab_size
+    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len or config.max_seq_len)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -143,8 +140,7 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, s
         for r, (i, s, _, e) in enumerate(chunk):
             x[r, : e - s] = arrays[i][s:e]
         xt = torch.from_numpy(x).to(device)
-        with autocast(device):
-            logits, _ = model(xt)
+        logits, _ = model(xt)  # fp32 even on CUDA: generation's streaming entropies are fp32, patches must agree
         logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         h = -(logp.exp() * logp).sum(-1).cpu().numpy()  # (B, T)
         if want_nll:
@@ -198,7 +194,7 @@ def cap_bytes(docs: list[bytes], max_bytes: int) -> list[bytes]:
 def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
                         device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
     """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report."""
-    from byte_data import ByteWindows
+    from byte_data import ByteWindows, document_digests
 
     dist, device = setup_distributed(device_name)
     try:
@@ -217,7 +213,8 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
                   f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
         result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
                              evaluate=evaluate if val_docs else None,
-                             meta={"train_bytes": int(windows.lengths.sum())}, desc="entropy LM")
+                             meta={"train_bytes": int(windows.lengths.sum()),
+                                   "train_documents": document_digests(train_docs)}, desc="entropy LM")
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "train_bytes": int(windows.lengths.sum()), "params": count_params(model),

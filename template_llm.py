@@ -51,8 +51,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import (CausalLM, Dist, add_config_args, block_flops_per_token, causal_context, cleanup_distributed,
-                    config_from_dict, config_overrides, count_params, mlp_hidden, seed_everything, setup_distributed,
+from common import (CausalLM, Dist, add_config_args, cleanup_distributed, lm_flops_per_token,
+                    config_from_dict, config_overrides, count_params, seed_everything, setup_distributed,
                     train_model, write_report)
 from entropy_llm import cap_bytes, score_sequences
 
@@ -124,9 +124,7 @@ class TemplateLLM(CausalLM):
 
 def flops_per_token(config: TemplateConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per id: the blocks at mean causal context, plus the V-way head (2 C V)."""
-    C = config.d_model
-    per_block = block_flops_per_token(C, mlp_hidden(C), causal_context(seq_len or config.max_seq_len))
-    return config.n_layers * per_block + 2 * C * config.vocab_size
+    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len or config.max_seq_len)
 
 
 def flops_per_byte(config: TemplateConfig, tokens_per_byte: float = 1.0, seq_len: int | None = None) -> float:

@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from blt_model import BLTConfig, BLTModel, flops_per_byte
-from byte_data import DataError, load_corpus, split_documents
+from byte_data import DataError, held_out_seen, load_corpus, split_documents
 from common import (add_config_args, atomic_write, autocast, cleanup_distributed, config_from_dict, config_overrides,
                     count_params, seed_everything, setup_distributed, train_model, write_report)
-from entropy_patcher import PatchConfig, calibrate_threshold, patch_lengths_from_entropies, patch_statistics
+from entropy_patcher import (ENTROPY_METHODS, METHODS, PatchConfig, calibrate_threshold, patch_lengths_from_entropies,
+                             patch_statistics)
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model, model_fingerprint
-
-ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")
 
 
 @dataclass
@@ -71,7 +70,7 @@ class TrainConfig:
     seed: int = 1337  # init and data order
 
     def __post_init__(self):
-        if self.patching not in ENTROPY_METHODS + ("static", "space", "byte"):
+        if self.patching not in METHODS:
             raise ValueError(f"unknown patching {self.patching!r}")
         if self.max_patch_size > self.seq_len:
             raise ValueError(f"max_patch_size {self.max_patch_size} exceeds seq_len {self.seq_len}")
@@ -84,7 +83,9 @@ class TrainConfig:
 
 
 TRAIN_PRESETS = {
-    "quick": dict(max_bytes=1_000_000, max_steps=450, eval_interval=0, ckpt_interval=0, warmup_steps=50),
+    # ~2 MB so that 260 steps stay under one epoch: the hash n-gram tables memorise repeated passes
+    "quick": dict(max_bytes=2_000_000, max_steps=260, seq_len=512, batch_size=16, eval_interval=0, ckpt_interval=0,
+                  warmup_steps=30),
     "tiny": dict(preset="tiny", max_bytes=60_000, seq_len=128, max_patch_size=16, batch_size=4, max_steps=8,
                  eval_interval=0, ckpt_interval=0, warmup_steps=2, eval_max_bytes=5_000),
 }
@@ -111,11 +112,16 @@ def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str = ".patch_
             flat = np.load(path, allow_pickle=False)
             if flat.shape == (total,) and flat.dtype == np.float32 and np.isfinite(flat).all():
                 return np.split(flat, np.cumsum([len(d) for d in docs])[:-1])
-        except (OSError, ValueError):
-            pass  # unreadable cache: recompute below and overwrite it
+        except Exception as e:  # unreadable cache (truncated, empty, not numpy): recompute it, never trust it
+            print(f"warning: ignoring unreadable entropy cache {path} ({type(e).__name__})", file=sys.stderr)
     ent = compute_entropies(entropy_model, docs, show_progress=total > 200_000)
     flat = np.concatenate(ent) if ent else np.zeros(0, np.float32)
-    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), flat))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, flat)
+
+    atomic_write(path, write)
     return ent
 
 
@@ -133,6 +139,11 @@ def make_patch_config(tcfg: TrainConfig, train_docs, train_entropies) -> PatchCo
         threshold = calibrate_threshold(None, train_docs, tcfg.target_patch_size, method=method,
                                         config=PatchConfig(**fields), entropies=train_entropies)
     return PatchConfig(**fields, entropy_threshold=threshold)
+
+
+def patch_starts(lengths: np.ndarray) -> np.ndarray:
+    """Offsets at which the patches of one document start."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
 def document_lengths(docs, entropies, patch_config: PatchConfig) -> list[np.ndarray]:
@@ -157,14 +168,32 @@ class PatchedDataset:
         return patch_statistics(self.train_lengths)["mean_patch_size"]
 
 
+def entropy_training_record(path: str) -> list | None:
+    """The [digest, length] list of the documents the entropy model at `path` was trained on, if recorded."""
+    return (load_checkpoint(path, "entropy_llm")["_extra_state"].get("meta") or {}).get("train_documents")
+
+
 def prepare_dataset(tcfg: TrainConfig, docs: list[bytes], entropy_model=None, entropy_model_path=None,
                     cache_dir: str = ".patch_cache") -> PatchedDataset:
-    """Split, compute entropies (cached), calibrate on the training split, patch every document."""
+    """Split, compute entropies (cached), calibrate on the training split, patch every document.
+
+    The entropy model must not have trained on a held-out document: its patches (and so the BLT's held-out
+    BPB) would then carry knowledge of them. Checked against the record its checkpoint keeps.
+    """
     from entropy_llm import flops_per_byte as entropy_flops
 
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any bytes for validation")
+    if tcfg.needs_entropy and entropy_model_path:
+        record = entropy_training_record(entropy_model_path)
+        if record is None:
+            print(f"warning: {entropy_model_path} does not record its training documents; cannot check that it "
+                  "never saw the held-out ones", file=sys.stderr)
+        elif (seen := held_out_seen(record, docs, val_docs)):
+            raise ValueError(f"{entropy_model_path}: the entropy model was trained on {seen} of the {len(val_docs)} "
+                             "held-out documents of this corpus; train it on this corpus's training split "
+                             "(--train_entropy) so held-out BPB stays honest")
     train_h = val_h = [None] * len(docs)
     fingerprint, patch_flops = None, 0.0
     if tcfg.needs_entropy:
@@ -189,17 +218,18 @@ class PatchedWindows:
     """Training windows of T bytes that start at a patch start, with their patch lengths.
 
     A pure function of (seed, step) like byte_data.ByteWindows, so resumed and distributed runs agree.
-    A window starts at a patch start chosen uniformly among those that leave a full window (or at the
-    document's start when it is shorter than T); its last patch is cut at the window's end.
+    A window starts at a patch start chosen uniformly among those that leave a full window, plus the first
+    one after them (so the document's end is covered); its last patch is cut at the window's end.
     """
 
     def __init__(self, docs: list[bytes], lengths: list[np.ndarray], seq_len: int, seed: int = 0):
         self.docs, self.seq_len, self.seed = docs, seq_len, seed
-        self.starts = [np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) for n in lengths]
+        self.starts = [patch_starts(n) for n in lengths]
         sizes = np.array([len(d) for d in docs], dtype=np.float64)
         self.prob = sizes / sizes.sum()
-        # per document: how many patch starts leave a full window (at least the first one)
-        self.n_ok = [max(1, int(np.searchsorted(st, max(0, len(d) - seq_len), side="right")))
+        # per document: the patch starts that leave a full window, and the first one past them (whose window
+        # runs off the end, a little padded), so a document's last bytes are trained on too
+        self.n_ok = [min(len(st), int(np.searchsorted(st, max(0, len(d) - seq_len), side="right")) + 1)
                      for st, d in zip(self.starts, docs)]
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -235,7 +265,7 @@ def eval_windows(docs: list[bytes], lengths: list[np.ndarray], seq_len: int):
     """
     jobs = []
     for i, (d, n) in enumerate(zip(docs, lengths)):
-        starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        starts = patch_starts(n)
         cursor = 0
         while cursor < len(d):
             want = max(0, cursor - seq_len // 2)
@@ -255,7 +285,7 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], seq_
     model.eval()
     device = device or next(model.parameters()).device
     jobs = eval_windows(docs, lengths, seq_len)
-    starts = [np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) for n in lengths]
+    starts = [patch_starts(n) for n in lengths]
     total_nll, total_bytes = 0.0, 0
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
@@ -332,8 +362,17 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
         cleanup_distributed()
 
 
-def build_model(tcfg: TrainConfig, **overrides) -> BLTModel:
-    """A freshly initialised BLT for this run: the preset, seq_len as its row length, seeded init."""
+def build_model(tcfg: TrainConfig, patch_config: PatchConfig | None = None, **overrides) -> BLTModel:
+    """A freshly initialised BLT for this run: the preset, seq_len as its row length, seeded init.
+
+    With an entropy-free patch_config, the model's default generation patching becomes that one, so
+    generate() without a patcher patches as training did (entropy patching needs the entropy model:
+    load_blt() returns the patcher for it).
+    """
+    if patch_config is not None and not patch_config.needs_entropy:
+        overrides = dict(patching=patch_config.method, patch_size=patch_config.patch_size,
+                         min_patch_size=patch_config.size_bounds[0], max_patch_size=patch_config.max_patch_size,
+                         **overrides)
     seed_everything(tcfg.seed)
     return BLTModel(BLTConfig.from_preset(tcfg.preset, max_seq_len=tcfg.seq_len, **overrides))
 
@@ -356,6 +395,8 @@ def load_blt(path: str, device="cpu"):
     entropy_model = None
     if pc.needs_entropy:
         epath = meta.get("entropy_model_path")
+        if not epath:
+            raise CheckpointError(f"{path}: trained with entropy patching but names no entropy model")
         entropy_model = load_entropy_model(epath, device=device)
         if model_fingerprint(entropy_model) != meta.get("entropy_fingerprint"):
             raise CheckpointError(f"{path}: its entropy model {epath} has changed since training (fingerprint differs)")
@@ -404,7 +445,7 @@ def main(argv=None):
                                       f"(or use --patching space|static|byte, which need none)")
             entropy_model = load_entropy_model(args.entropy_model_path)
         dataset = prepare_dataset(tcfg, docs, entropy_model, os.path.abspath(args.entropy_model_path))
-        model = build_model(tcfg)
+        model = build_model(tcfg, dataset.patch_config)
         report = train_blt(model, dataset, tcfg, args.out, args.device, args.resume, args.compile)
         if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the job
             return 0

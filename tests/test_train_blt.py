@@ -163,3 +163,42 @@ def test_two_gloo_processes_match_one_process(tmp_path, corpus_dir):
     a, b = json.load(open(one)), json.load(open(two))
     assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
     assert b["val_bpb"] == pytest.approx(a["val_bpb"], abs=1e-4)
+
+
+def test_an_entropy_model_that_saw_held_out_documents_is_refused(tmp_path, corpus_dir):
+    from entropy_llm import build_config, train_entropy_model
+    from save_entropy_model import load_entropy_model
+
+    docs = load_corpus(corpus_dir)
+    leaky = str(tmp_path / "leaky.pth")
+    train_entropy_model(build_config("tiny", max_steps=2, eval_interval=0), docs, [], leaky, "cpu")  # every document
+    with pytest.raises(ValueError, match="trained on 2 of the 2 held-out"):
+        prepare_dataset(TINY, docs, load_entropy_model(leaky), leaky, cache_dir=str(tmp_path / "c"))
+    # the same corpus as one document: the held-out tail lies inside what the model trained on
+    one = [b"".join(docs)]
+    train_entropy_model(build_config("tiny", max_steps=2, eval_interval=0), one, [], leaky, "cpu")
+    with pytest.raises(ValueError, match="held-out"):
+        prepare_dataset(TINY, one, load_entropy_model(leaky), leaky, cache_dir=str(tmp_path / "c"))
+
+
+def test_a_corrupt_entropy_cache_is_recomputed(tmp_path, entropy_path):
+    from save_entropy_model import load_entropy_model
+    from train_blt import cached_entropies
+
+    model, docs = load_entropy_model(entropy_path), [b"first document", b"second"]
+    first = cached_entropies(model, docs, str(tmp_path))
+    (path,) = [p for p in tmp_path.iterdir()]
+    for junk in (b"", b"not numpy at all"):
+        path.write_bytes(junk)
+        again = cached_entropies(model, docs, str(tmp_path))
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, corpus_dir):
+    cfg = TrainConfig(**{**TRAIN_PRESETS["tiny"], "patching": "space", "max_steps": 3})
+    ds = prepare_dataset(cfg, load_corpus(corpus_dir))
+    path = str(tmp_path / "a.pth")
+    train_blt(build_model(cfg), ds, cfg, path, "cpu")
+    other = TrainConfig(**{**TRAIN_PRESETS["tiny"], "patching": "space", "max_steps": 3, "lr": 0.5})
+    with pytest.raises(ValueError, match="other settings: lr"):
+        train_blt(build_model(other), ds, other, str(tmp_path / "b.pth"), "cpu", resume=path)
