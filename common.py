@@ -331,10 +331,12 @@ class CausalLM(CarriesConfig, nn.Module):
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """The device to run on: `name` if given, else CUDA when present, else CPU."""
+    """The device to run on: `name` if given, else this process's GPU when present (torchrun's LOCAL_RANK), else CPU."""
     if name:
         return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def autocast(device: torch.device):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from byte_data import DataError, load_corpus, split_documents
-from common import add_config_args, config_from_dict, config_overrides, write_report
+from common import add_config_args, config_from_dict, config_overrides, pick_device, write_report
 from save_entropy_model import CheckpointError
 
 RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-global", "blt-entropy-monotonic")
@@ -222,7 +222,7 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
         elif not os.path.exists(entropy_model_path):
             raise CheckpointError(f"{entropy_model_path}: no such file; add --train_entropy to train one on this "
                                   f"corpus's training documents")
-        entropy_model = load_entropy_model(entropy_model_path)
+        entropy_model = load_entropy_model(entropy_model_path, pick_device(device))
         entropy_info["checkpoint"] = os.path.abspath(entropy_model_path)
 
     results, datasets = [], {}

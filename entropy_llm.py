@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (CausalLM, add_config_args, cleanup_distributed, lm_flops_per_token,
-                    config_from_dict, config_overrides, count_params, seed_everything, setup_distributed,
+                    config_from_dict, config_overrides, count_params, pick_device, seed_everything, setup_distributed,
                     train_model, write_report)
 
 
@@ -257,7 +257,7 @@ def main(argv=None):
         if args.eval:
             if not args.checkpoint:
                 p.error("--eval needs --checkpoint")
-            model = load_entropy_model(args.checkpoint, device=args.device or "cpu")
+            model = load_entropy_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, max_bytes=args.max_bytes)
             t0 = time.perf_counter()
             bpb, n = evaluate_bpb(model, docs)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import (CausalLM, Dist, add_config_args, cleanup_distributed, lm_flops_per_token,
-                    config_from_dict, config_overrides, count_params, seed_everything, setup_distributed,
+                    config_from_dict, config_overrides, count_params, pick_device, seed_everything, setup_distributed,
                     train_model, write_report)
 from entropy_llm import cap_bytes, score_sequences
 
@@ -437,7 +437,7 @@ def main(argv=None):
         if args.eval:
             if not args.checkpoint:
                 p.error("--eval needs --checkpoint")
-            model, tokenizer = load_template_model(args.checkpoint, device=args.device or "cpu")
+            model, tokenizer = load_template_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, max_bytes=args.max_bytes)
             t0 = time.perf_counter()
             bpb, n, n_tok = evaluate_bpb(model, tokenizer, docs)

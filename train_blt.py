@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from blt_model import BLTConfig, BLTModel, flops_per_byte
 from byte_data import DataError, held_out_seen, load_corpus, split_documents
 from common import (add_config_args, atomic_write, autocast, cleanup_distributed, config_from_dict, config_overrides,
-                    count_params, seed_everything, setup_distributed, train_model, write_report)
+                    count_params, pick_device, seed_everything, setup_distributed, train_model, write_report)
 from entropy_patcher import (ENTROPY_METHODS, METHODS, PatchConfig, calibrate_threshold, patch_lengths_from_entropies,
                              patch_statistics)
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model, model_fingerprint
@@ -443,7 +443,7 @@ def main(argv=None):
                 raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model first with "
                                       f"`python entropy_llm.py --quick_demo`, or add --train_entropy "
                                       f"(or use --patching space|static|byte, which need none)")
-            entropy_model = load_entropy_model(args.entropy_model_path)
+            entropy_model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
         dataset = prepare_dataset(tcfg, docs, entropy_model, os.path.abspath(args.entropy_model_path))
         model = build_model(tcfg, dataset.patch_config)
         report = train_blt(model, dataset, tcfg, args.out, args.device, args.resume, args.compile)
@@ -473,7 +473,7 @@ def _eval_or_generate(args, p) -> int:
 
     if not args.checkpoint:
         p.error("--eval and --generate need --checkpoint")
-    device = args.device or "cpu"
+    device = pick_device(args.device)
     model, patcher = load_blt(args.checkpoint, device)
     if args.eval:
         docs = load_corpus(args.data, max_bytes=args.max_bytes)
