@@ -223,7 +223,8 @@ class WindowAttention(Attention):
         r = torch.arange(W, device=x.device).view(W, 1)
         c = torch.arange(2 * W, device=x.device).view(1, 2 * W)
         blk = torch.arange(n, device=x.device).view(n, 1, 1)
-        mask = ((r + W - c >= 0) & (r + W - c < W) & (blk * W - W + c >= 0)).repeat(H, 1, 1)  # (H*n, W, 2W)
+        # 4-D, (1, H*n, W, 2W): CPU sdpa drops to its slow math path for a 3-D mask
+        mask = ((r + W - c >= 0) & (r + W - c < W) & (blk * W - W + c >= 0)).repeat(H, 1, 1).unsqueeze(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H*n, W, Dh)
         y = y.reshape(B, H, n * W, Dh)[:, :, :T].transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)  # (B, T, C)

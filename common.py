@@ -137,7 +137,8 @@ class MLP(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        a, b = self.up(x).chunk(2, dim=-1)
+        h = self.down.in_features  # two matmuls on the weight's halves: contiguous outputs, no strided chunk
+        a, b = F.linear(x, self.up.weight[:h]), F.linear(x, self.up.weight[h:])
         return self.down(F.silu(a) * b)
 
 
@@ -361,14 +362,14 @@ def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
-    """AdamW with decay on matrices only (not norms, biases or embeddings); fused on CUDA."""
+    """AdamW with decay on matrices only (not norms, biases or embeddings); the fused kernel (CPU and CUDA)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
 
 
 @dataclass

@@ -160,8 +160,14 @@ def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want
     return score_sequences(model, docs, batch_size, want_nll, show_progress)
 
 
-def compute_entropies(model: MinimalLLM, data, batch_size: int = 64, show_progress: bool | None = None):
-    """H[i] in nats for every byte: one float32 array for `bytes`, a list of arrays for a list of documents."""
+def compute_entropies(model: MinimalLLM, data, batch_size: int | None = None, show_progress: bool | None = None):
+    """H[i] in nats for every byte: one float32 array for `bytes`, a list of arrays for a list of documents.
+
+    batch_size windows per forward: by default 8 on a CPU (larger batches overflow its caches and run
+    slower; bench/entropy_throughput.py) and 64 on a GPU. Rows are independent, so it never changes H.
+    """
+    if batch_size is None:
+        batch_size = 64 if next(model.parameters()).device.type == "cuda" else 8
     if isinstance(data, (bytes, bytearray, memoryview)):
         return score_bytes(model, [bytes(data)], batch_size, show_progress=show_progress)[0]
     return score_bytes(model, [bytes(d) for d in data], batch_size, show_progress=show_progress)
