@@ -188,7 +188,7 @@ def main(argv=None):
     p.add_argument("--max_bytes", type=int, default=None, help="corpus bytes (default 1,000,000; quick 20,000)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4; quick 2)")
     p.add_argument("--naive_bytes", type=int, default=None, help="bytes timed per round the per-byte way (300)")
-    p.add_argument("--batch_size", type=int, default=32, help="windows per batch (compute_entropies' default)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per batch (compute_entropies' CPU default)")
     p.add_argument("--no_hf", action="store_true", help="skip the Hugging Face side")
     p.add_argument("--no_profile", action="store_true", help="skip the profile of our pass")
     args = p.parse_args(argv)
