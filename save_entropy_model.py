@@ -160,10 +160,18 @@ def describe(path: str) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("inspect", help="print kind, config and parameter count").add_argument("file")
+    inspect = sub.add_parser("inspect", help="print kind, config and parameter count")
+    inspect.add_argument("file")
+    inspect.add_argument("--report", default=None, help="also write kind, params and config as JSON here")
     args = p.parse_args(argv)
     try:
         print(describe(args.file))
+        if args.report:
+            from common import write_report
+
+            extra = load_checkpoint(args.file)["_extra_state"]
+            write_report(args.report, {"kind": extra["kind"], "params": count_params(load_model(args.file)),
+                                       "config": extra["config"], "step": (extra.get("train") or {}).get("step")})
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -198,6 +198,11 @@ def test_checkpoint_roundtrip_and_the_seed_loading_line(tmp_path):
     fresh.load_state_dict(torch.load(path))  # the seed README's line
     assert model_fingerprint(fresh) == model_fingerprint(model)
     assert "entropy_llm" in describe(path)
+    from save_entropy_model import main as inspect_main
+
+    assert inspect_main(["inspect", path, "--report", str(tmp_path / "r.json")]) == 0
+    assert json.load(open(tmp_path / "r.json"))["params"] == model.num_params()
+    assert inspect_main(["inspect", str(tmp_path / "missing.pth")]) == 2
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
