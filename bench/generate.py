@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 import traceback
 
 import bench_utils as bu
