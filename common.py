@@ -254,6 +254,30 @@ def add_config_args(parser, cls, skip: tuple[str, ...] = ()):
             parser.add_argument(f"--{f.name}", type=kind, default=None)
 
 
+def preset_config(cls, presets: dict, preset: str, quick_demo: bool = False, **overrides):
+    """Dataclass `cls` from a named preset, then presets["quick"] when quick_demo, then explicit overrides."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(presets)})")
+    fields = dict(presets[preset])
+    if quick_demo:
+        fields.update(presets["quick"])
+    return config_from_dict(cls, fields, **overrides)
+
+
+def add_run_args(parser, presets: dict, out: str, quick_help: str):
+    """The flags every LM training script shares (train, resume, evaluate, report, device)."""
+    parser.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
+    parser.add_argument("--preset", default="cpu", choices=sorted(presets))
+    parser.add_argument("--quick_demo", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=out, help="checkpoint to write")
+    parser.add_argument("--resume", default=None, help="checkpoint to continue training from")
+    parser.add_argument("--eval", action="store_true", help="only evaluate --checkpoint on every byte of --data")
+    parser.add_argument("--checkpoint", default=None, help="model to evaluate with --eval")
+    parser.add_argument("--report", default=None, help="write the figures as JSON here")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+
+
 def config_overrides(args, cls) -> dict:
     """The dataclass fields that were given on the command line."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CausalLM, add_config_args, cleanup_distributed, lm_flops_per_token,
-                    config_from_dict, config_overrides, count_params, pick_device, seed_everything, setup_distributed,
-                    train_model, write_report)
+from common import (CausalLM, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
+                    lm_flops_per_token, pick_device, preset_config, seed_everything, setup_distributed, train_model,
+                    write_report)
 
 
 @dataclass
@@ -233,26 +233,12 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
 
 def build_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> EntropyConfig:
     """EntropyConfig from a named preset, the quick-demo settings, then explicit overrides."""
-    if preset not in ENTROPY_PRESETS:
-        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(ENTROPY_PRESETS)})")
-    fields = dict(ENTROPY_PRESETS[preset])
-    if quick_demo:
-        fields.update(ENTROPY_PRESETS["quick"])
-    return config_from_dict(EntropyConfig, fields, **overrides)
+    return preset_config(EntropyConfig, ENTROPY_PRESETS, preset, quick_demo, **overrides)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
-    p.add_argument("--preset", default="cpu", choices=sorted(ENTROPY_PRESETS))
-    p.add_argument("--quick_demo", action="store_true", help="fewer steps and bytes: a few minutes on a CPU")
-    p.add_argument("--out", default="entropy_model.pth", help="checkpoint to write")
-    p.add_argument("--resume", default=None, help="checkpoint to continue training from")
-    p.add_argument("--eval", action="store_true", help="only evaluate --checkpoint on every byte of --data")
-    p.add_argument("--checkpoint", default=None, help="model to evaluate with --eval")
-    p.add_argument("--report", default=None, help="write the figures as JSON here")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    add_run_args(p, ENTROPY_PRESETS, out="entropy_model.pth", quick_help="fewer steps and bytes: a few minutes on a CPU")
     add_config_args(p, EntropyConfig)
     args = p.parse_args(argv)
 

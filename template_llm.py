@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import (CausalLM, Dist, add_config_args, cleanup_distributed, lm_flops_per_token,
-                    config_from_dict, config_overrides, count_params, pick_device, seed_everything, setup_distributed,
-                    train_model, write_report)
+from common import (CausalLM, Dist, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
+                    lm_flops_per_token, pick_device, preset_config, seed_everything, setup_distributed, train_model,
+                    write_report)
 from entropy_llm import cap_bytes, score_sequences
 
 TOKENIZERS = ("bytes", "bpe")
@@ -407,26 +407,13 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
 
 def build_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> TemplateConfig:
     """TemplateConfig from a named preset, the quick-demo settings, then explicit overrides."""
-    if preset not in TEMPLATE_PRESETS:
-        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(TEMPLATE_PRESETS)})")
-    fields = dict(TEMPLATE_PRESETS[preset])
-    if quick_demo:
-        fields.update(TEMPLATE_PRESETS["quick"])
-    return config_from_dict(TemplateConfig, fields, **overrides)
+    return preset_config(TemplateConfig, TEMPLATE_PRESETS, preset, quick_demo, **overrides)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
-    p.add_argument("--preset", default="cpu", choices=sorted(TEMPLATE_PRESETS))
-    p.add_argument("--quick_demo", action="store_true", help="a smaller, shorter run: a minute or two on a CPU")
-    p.add_argument("--out", default="template_model.pth", help="checkpoint to write (BPE: tokenizer beside it)")
-    p.add_argument("--resume", default=None, help="checkpoint to continue training from")
-    p.add_argument("--eval", action="store_true", help="only evaluate --checkpoint on every byte of --data")
-    p.add_argument("--checkpoint", default=None, help="model to evaluate with --eval")
-    p.add_argument("--report", default=None, help="write the figures as JSON here")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    add_run_args(p, TEMPLATE_PRESETS, out="template_model.pth",
+                 quick_help="a smaller, shorter run: a minute or two on a CPU")
     add_config_args(p, TemplateConfig)
     args = p.parse_args(argv)
 
