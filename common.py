@@ -291,6 +291,36 @@ def _parse_bool(s: str) -> bool:
     raise ValueError(f"not a boolean: {s}")
 
 
+@dataclass
+class LMTrainingFields:
+    """The data and training fields that CausalLM configs share (EntropyConfig, TemplateConfig).
+
+    Subclasses add the model fields (d_model, n_heads, n_layers, max_seq_len, vocab_size) and call
+    check_lm_sizes() from their __post_init__.
+    """
+
+    # data
+    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
+    # training
+    batch_size: int = 32  # windows per optimizer step (global, over all processes)
+    max_steps: int = 1500  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decay on matrices
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    eval_interval: int = 500  # steps between held-out evaluations (0 = only at the end)
+    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the final one scores all)
+    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    seed: int = 1337  # init and data order
+
+    def check_lm_sizes(self):
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if min(self.d_model, self.n_layers, self.max_seq_len, self.batch_size, self.max_steps) < 1:
+            raise ValueError("sizes and step counts must be positive")
+
+
 class CausalLM(CarriesConfig, nn.Module):
     """A causal transformer LM over ids 0..vocab_size-1 (bytes or tokens): the entropy model and baselines.
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import (CausalLM, Dist, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
+from common import (CausalLM, LMTrainingFields, Dist, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
                     lm_flops_per_token, pick_device, preset_config, seed_everything, setup_distributed, train_model,
                     write_report)
 from entropy_llm import cap_bytes, score_sequences
@@ -61,7 +61,7 @@ DEFAULT_VOCAB = {"bytes": 256, "bpe": 4096}
 
 
 @dataclass
-class TemplateConfig:
+class TemplateConfig(LMTrainingFields):
     # model
     tokenizer: str = "bytes"  # 'bytes' (ids are bytes 0..255) or 'bpe' (byte-level BPE trained on the training docs)
     vocab_size: int = 0  # ids read and predicted; 0 = the tokenizer's default (bytes: 256, the only value; bpe: 4096)
@@ -69,20 +69,6 @@ class TemplateConfig:
     n_heads: int = 4  # attention heads (d_model / n_heads = head dim, even for rotary)
     n_layers: int = 4  # transformer blocks
     max_seq_len: int = 256  # ids (tokens, or bytes) per training window and per scoring window
-    # data
-    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
-    # training
-    batch_size: int = 32  # windows per optimizer step (global, over all processes)
-    max_steps: int = 1500  # optimizer steps
-    lr: float = 3e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay on matrices
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    eval_interval: int = 500  # steps between held-out evaluations (0 = only at the end)
-    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the final one scores all)
-    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
-    seed: int = 1337  # init and data order
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:
@@ -93,10 +79,7 @@ class TemplateConfig:
             raise ValueError("vocab_size is 256 with --tokenizer bytes (ids are raw bytes)")
         if self.tokenizer == "bpe" and self.vocab_size < 256:
             raise ValueError(f"a byte-level BPE needs vocab_size >= 256 (the byte alphabet), not {self.vocab_size}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
-        if min(self.d_model, self.n_layers, self.max_seq_len, self.batch_size, self.max_steps) < 1:
-            raise ValueError("sizes and step counts must be positive")
+        self.check_lm_sizes()
 
 
 # Named sizes. "cpu" is the default; "quick" is added by --quick_demo; "gpu" is GPT-2 small's shape.
