@@ -1,4 +1,4 @@
-"""Shared pieces: transformer layers, the device/dtype block, the LR schedule, torchrun setup, reports.
+"""Shared pieces: transformer layers, configs and their flags, training fields, device, reports.
 
 Every model in the repository (the entropy byte LM, the baselines, the BLT's three stacks) is built from
 the blocks below, so a fix to attention or the MLP lands everywhere at once.
@@ -8,6 +8,7 @@ Letters used in shape comments:
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -228,7 +229,8 @@ class CarriesConfig:
             raise ValueError(f"holds a '{state['kind']}' model, not a '{self.kind}' model")
         saved = state.get("config", {})
         mine = dataclasses.asdict(self.config)
-        diff = [f"{k}={saved.get(k)!r} (model has {mine[k]!r})" for k in self.arch_fields if saved.get(k) != mine[k]]
+        diff = [f"{k}={saved.get(k)!r} (model has {mine[k]!r})"
+                for k in self.arch_fields if saved.get(k) != mine[k]]
         if diff:
             raise ValueError("was saved with another config: " + ", ".join(diff))
 
@@ -242,45 +244,95 @@ def config_from_dict(cls, d: dict, **overrides):
     return cls(**{**d, **overrides})
 
 
-def add_config_args(parser, cls, skip: tuple[str, ...] = ()):
-    """Add one --flag per dataclass field (default None = keep the config's value)."""
+def add_config_args(parser, cls, skip: tuple[str, ...] = (), defaults: dict | None = None,
+                    aliases: dict[str, tuple[str, ...]] | None = None):
+    """One --flag per field of dataclass `cls` (every script builds its flags this way).
+
+    A flag that is not given leaves no attribute on the parsed args (config_overrides skips it), so the
+    config keeps its own value, or the script's `defaults` (shown in --help). Fields that may be None take
+    "none"; tuple fields get no flag. `aliases` maps a field to old spellings that set the same field and
+    are left out of --help.
+    """
+    defaults, aliases = defaults or {}, aliases or {}
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        default = defaults.get(f.name, f.default)
+        kind = _flag_type(f, default)
+        if f.name in skip or kind is None:
             continue
-        kind = type(f.default) if f.default is not dataclasses.MISSING else str
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", type=_parse_bool, default=None, metavar="BOOL")
-        elif kind in (int, float, str):
-            parser.add_argument(f"--{f.name}", type=kind, default=None)
+        shown = "" if default is dataclasses.MISSING else f" (default: {default})"
+        metavar = "BOOL" if kind is bool else f.name.upper()
+        parse = _parse_bool if kind is bool else _or_none(kind, f)
+        kw = dict(dest=f.name, type=parse, default=argparse.SUPPRESS, metavar=metavar)
+        parser.add_argument(f"--{f.name}", help=f"{cls.__name__}.{f.name}{shown}", **kw)
+        for old in aliases.get(f.name, ()):
+            parser.add_argument(f"--{old}", help=argparse.SUPPRESS, **kw)
 
 
-def preset_config(cls, presets: dict, preset: str, quick_demo: bool = False, **overrides):
-    """Dataclass `cls` from a named preset, then presets["quick"] when quick_demo, then explicit overrides."""
-    if preset not in presets:
-        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(presets)})")
-    fields = dict(presets[preset])
-    if quick_demo:
-        fields.update(presets["quick"])
-    return config_from_dict(cls, fields, **overrides)
+def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
+    """The flags every training script shares: data, model size, checkpoints, report, device.
 
-
-def add_run_args(parser, presets: dict, out: str, quick_help: str):
-    """The flags every LM training script shares (train, resume, evaluate, report, device)."""
-    parser.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
-    parser.add_argument("--preset", default="cpu", choices=sorted(presets))
+    --preset names a size of the script's model; --quick_demo is the one shortcut for a small run;
+    --checkpoint is the model file a command reads (to evaluate, generate from, or --resume).
+    """
+    parser.add_argument("--data", default="builtin", help="builtin | builtin:code | builtin:prose | file | "
+                        "folder | .jsonl/.parquet/.arrow file | hf:NAME[:CONFIG] (default: builtin)")
+    parser.add_argument("--text_field", default=None, help="text column of a datasets source (default: text)")
+    parser.add_argument("--preset", default="cpu", choices=list(presets), help=f"{model} size (default: cpu)")
     parser.add_argument("--quick_demo", action="store_true", help=quick_help)
-    parser.add_argument("--out", default=out, help="checkpoint to write")
-    parser.add_argument("--resume", default=None, help="checkpoint to continue training from")
-    parser.add_argument("--eval", action="store_true", help="only evaluate --checkpoint on every byte of --data")
-    parser.add_argument("--checkpoint", default=None, help="model to evaluate with --eval")
+    parser.add_argument("--out", default=out, help=f"checkpoint to write (default: {out})")
+    parser.add_argument("--checkpoint", default=None, help="model to read with --eval or --resume")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="",
+                        help="continue the run saved in --checkpoint (default: --out) exactly")
+    parser.add_argument("--eval", action="store_true", help="evaluate --checkpoint on every byte of --data")
     parser.add_argument("--report", default=None, help="write the figures as JSON here")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
 
 
+def resume_path(args) -> str | None:
+    """The checkpoint --resume continues: --checkpoint, else --out (`--resume FILE` is the old spelling)."""
+    if args.resume is None:
+        return None
+    return args.resume or args.checkpoint or args.out
+
+
 def config_overrides(args, cls) -> dict:
-    """The dataclass fields that were given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    """The fields of dataclass `cls` that were given on the command line (see add_config_args)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def named(presets: dict, name: str) -> dict:
+    """The fields of a named preset; an unknown name is an error that lists the known ones."""
+    if name not in presets:
+        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(presets)})")
+    return dict(presets[name])
+
+
+def preset_config(cls, presets: dict, preset: str, *layers: dict, **overrides):
+    """Dataclass `cls` from a named preset (a model size), then each dict of `layers` in turn (such as the
+    quick-demo settings), then explicit overrides (flags). Unknown names and keys are errors."""
+    fields = named(presets, preset)
+    for layer in layers:
+        fields.update(layer)
+    return config_from_dict(cls, fields, **overrides)
+
+
+def _flag_type(f, default):
+    """int, float, str or bool for a field's flag; None for fields without one (tuples, dicts)."""
+    if default is not None and default is not dataclasses.MISSING:
+        return type(default) if type(default) in (int, float, str, bool) else None
+    name = str(f.type).split("|")[0].strip()  # "float | None" -> float (annotations are strings here)
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(name)
+
+
+def _or_none(kind, f):
+    def parse(s: str):
+        if s.lower() == "none" and "None" in str(f.type):
+            return None
+        return kind(s)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _parse_bool(s: str) -> bool:
@@ -292,11 +344,12 @@ def _parse_bool(s: str) -> bool:
 
 
 @dataclass
-class LMTrainingFields:
-    """The data and training fields that CausalLM configs share (EntropyConfig, TemplateConfig).
+class TrainFields:
+    """The data and training fields every training config shares, declared once here.
 
-    Subclasses add the model fields (d_model, n_heads, n_layers, max_seq_len, vocab_size) and call
-    check_lm_sizes() from their __post_init__.
+    EntropyConfig and TemplateConfig add their model fields (d_model, n_heads, n_layers, max_seq_len,
+    vocab_size) and call check_lm_sizes() from __post_init__; train_blt.TrainConfig is these fields alone
+    (the BLT's sizes are its BLTConfig). training.train() reads them.
     """
 
     # data
@@ -310,11 +363,21 @@ class LMTrainingFields:
     weight_decay: float = 0.1  # AdamW decay on matrices
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     eval_interval: int = 500  # steps between held-out evaluations (0 = only at the end)
-    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the final one scores all)
+    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the last scores all)
     ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
     seed: int = 1337  # init and data order
 
+    def check_train_sizes(self):
+        if min(self.batch_size, self.max_steps) < 1:
+            raise ValueError("batch_size and max_steps must be positive")
+        if min(self.warmup_steps, self.eval_interval, self.ckpt_interval, self.grad_clip) < 0:
+            raise ValueError("warmup_steps, eval_interval, ckpt_interval and grad_clip must not be negative")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
+
     def check_lm_sizes(self):
+        self.check_train_sizes()
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
         if min(self.d_model, self.n_layers, self.max_seq_len, self.batch_size, self.max_steps) < 1:
@@ -382,11 +445,11 @@ class CausalLM(CarriesConfig, nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Device, precision, optimisation, distributed
+# Device, precision, optimizer
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """The device to run on: `name` if given, else this process's GPU when present (torchrun's LOCAL_RANK), else CPU."""
+    """The device to run on: `name` if given, else this process's GPU (torchrun's LOCAL_RANK), else CPU."""
     if name:
         return torch.device(name)
     if torch.cuda.is_available():
@@ -407,16 +470,8 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio * lr at max_steps."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
-    """AdamW with decay on matrices only (not norms, biases or embeddings); the fused kernel (CPU and CUDA)."""
+    """AdamW, decay on matrices only (not norms, biases or embeddings); the fused kernel (CPU and CUDA)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -424,169 +479,6 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
         (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
-
-
-@dataclass
-class Dist:
-    """Where this process sits in a torchrun job (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist(), pick_device(device_name)
-    import torch.distributed as dist
-
-    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return d, device
-
-
-def cleanup_distributed():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def train_loop(model, optimizer, batch_fn, cfg, *, device, dist: Dist, start_step: int = 0,
-               bytes_per_step: int, evaluate=None, save=None, desc: str = "train", postfix=None,
-               bpb_per_loss: float = 1 / math.log(2)) -> dict:
-    """The one training loop of the repository (entropy LM, baselines and BLT all use it).
-
-    batch_fn(step) -> (inputs: tuple, targets) for this rank, a pure function of the step, so a resumed
-    run sees exactly the batches an uninterrupted one would. `cfg` provides max_steps, lr, warmup_steps,
-    min_lr_ratio, grad_clip and eval_interval. evaluate(step) -> dict and save(step) run on rank 0 only;
-    postfix(step) -> dict adds fields to the progress bar (whose loss is smoothed; the returned `loss` is
-    the last batch's, exactly reproducible on resume); bpb_per_loss converts the loss to bits per byte
-    for the bar (1/ln 2 for byte models, tokens-per-byte/ln 2 for token models). Returns the last loss, the eval history and
-    the training throughput in bytes/s (all ranks together).
-    """
-    import time
-
-    from tqdm import tqdm
-
-    history, loss_val, t0, timed_bytes, paused, smooth = [], float("nan"), None, 0, 0.0, None
-    bar = tqdm(range(start_step, cfg.max_steps), desc=desc, disable=not dist.is_main, dynamic_ncols=True,
-               initial=start_step, total=cfg.max_steps)
-    model.train()
-    for step in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        inputs, targets = batch_fn(step)
-        with autocast(device):
-            _, loss = model(*inputs, targets=targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        loss_val = loss.detach()
-        if dist.enabled:  # log the global-batch loss, not one shard's
-            import torch.distributed as tdist
-
-            tdist.all_reduce(loss_val)
-            loss_val = loss_val / dist.world_size
-        loss_val = loss_val.item()
-        if t0 is None:  # the first step pays for warm-up allocations; time from the second on
-            t0 = time.perf_counter()
-        else:
-            timed_bytes += bytes_per_step * dist.world_size
-        smooth = loss_val if smooth is None else 0.95 * smooth + 0.05 * loss_val  # one batch is noisy
-        shown = {"loss": f"{smooth:.3f}", "bpb": f"{smooth * bpb_per_loss:.3f}"}
-        if timed_bytes:
-            shown["B/s"] = f"{timed_bytes / (time.perf_counter() - t0 - paused):.0f}"
-        if postfix is not None:
-            shown.update(postfix(step))
-        bar.set_postfix(shown, refresh=False)
-        last = step + 1 == cfg.max_steps
-        t_pause = time.perf_counter()  # evaluation and saving are not training: keep them out of bytes/s
-        if dist.is_main and evaluate is not None and (last or (cfg.eval_interval and (step + 1) % cfg.eval_interval == 0)):
-            result = {"step": step + 1, **evaluate(step + 1)}
-            history.append(result)
-            bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-            model.train()
-        if dist.is_main and save is not None and (last or (cfg.ckpt_interval and (step + 1) % cfg.ckpt_interval == 0)):
-            save(step + 1)
-        paused += time.perf_counter() - t_pause
-    bar.close()
-    elapsed = time.perf_counter() - t0 - paused if t0 is not None else 0.0
-    return {"loss": loss_val, "evals": history, "bytes_per_s": timed_bytes / elapsed if elapsed > 0 else float("nan")}
-
-
-# training-config fields a resumed run must share with the run it continues
-RESUME_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "seed",
-               "max_seq_len", "seq_len")
-
-
-def train_model(model, cfg, data, out: str, *, device, dist: Dist, resume: str | None = None, compile: bool = False,
-                evaluate=None, meta: dict | None = None, desc: str = "train", bytes_per_step: float | None = None,
-                bpb_per_loss: float = 1 / math.log(2), postfix=None) -> dict:
-    """The training driver the scripts share: AdamW, --resume, DDP, torch.compile, checkpoints, train_loop.
-
-    `model` is built and on `device`; `data.batch(step, batch_size, rank, world_size)` returns
-    (*inputs, targets) on the CPU (byte_data.ByteWindows does). Checkpoints go to `out` (atomically)
-    with the optimizer state under `train` and `meta` as run facts. bytes_per_step is this rank's bytes
-    per step (default: its rows x cfg.max_seq_len, right for byte models). Returns train_loop's dict.
-    """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from save_entropy_model import load_into, save_checkpoint
-
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    start_step = 0
-    run_config = dataclasses.asdict(cfg)
-    if resume:
-        extra = load_into(model, resume)
-        if "train" not in extra:
-            raise ValueError(f"{resume}: holds no training state to resume from")
-        saved = extra["train"].get("config", {})
-        diff = [f"{k}={saved[k]!r} (now {run_config[k]!r})" for k in RESUME_KEYS if k in saved and saved[k] != run_config.get(k)]
-        if diff:  # another schedule or data order would not continue the same run
-            raise ValueError(f"{resume}: was trained with other settings: {', '.join(diff)}")
-        optimizer.load_state_dict(extra["train"]["optimizer"])
-        start_step = extra["train"]["step"]
-    trained = DDP(model) if dist.enabled else model
-    if compile:
-        trained = torch.compile(trained)
-
-    def batch_fn(step):
-        *inputs, targets = data.batch(step, cfg.batch_size, dist.rank, dist.world_size)
-        return tuple(x.to(device) for x in inputs), targets.to(device)
-
-    def save(step):
-        save_checkpoint(model, out, train={"step": step, "optimizer": optimizer.state_dict(), "config": run_config},
-                        meta=meta)
-
-    if bytes_per_step is None:
-        bytes_per_step = cfg.batch_size // dist.world_size * cfg.max_seq_len
-    result = train_loop(trained, optimizer, batch_fn, cfg, device=device, dist=dist, start_step=start_step,
-                        bytes_per_step=bytes_per_step, evaluate=evaluate, save=save, desc=desc,
-                        bpb_per_loss=bpb_per_loss, postfix=postfix)
-    if dist.enabled:  # no rank leaves before rank 0 has written the checkpoint others may read next
-        import torch.distributed as tdist
-
-        tdist.barrier()
-    return result
 
 
 # ----------------------------------------------------------------------------------------------------

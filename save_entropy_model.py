@@ -22,13 +22,14 @@ import sys
 import torch
 import torch.nn as nn
 
-from common import atomic_write, config_from_dict, count_params
+from common import atomic_write, config_from_dict, count_params, write_report
 
-# kind -> (module, class); imported lazily so loading one kind never imports the others
+# kind -> "module:Class", imported by name when a checkpoint of that kind is loaded: this module depends on
+# common only (every model module may import it), and loading one kind never imports the others
 MODEL_KINDS = {
-    "entropy_llm": ("entropy_llm", "MinimalLLM"),
-    "blt": ("blt_model", "BLTModel"),
-    "template_llm": ("template_llm", "TemplateLLM"),
+    "entropy_llm": "entropy_llm:MinimalLLM",
+    "blt": "blt_model:BLTModel",
+    "template_llm": "template_llm:TemplateLLM",
 }
 
 
@@ -51,7 +52,8 @@ def save_checkpoint(model: nn.Module, path: str, train: dict | None = None, meta
     """Write the model (with its config) atomically; `train` holds resume state, `meta` run facts."""
     state = unwrap(model).state_dict()
     if "_extra_state" not in state:
-        raise TypeError(f"{type(model).__name__} does not carry its config (derive it from common.CarriesConfig)")
+        raise TypeError(f"{type(model).__name__} does not carry its config (derive it from "
+                        "common.CarriesConfig)")
     extra = dict(state["_extra_state"])
     if train is not None:
         extra["train"] = train
@@ -71,8 +73,10 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files; name the file instead
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: {first[:120]})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("_extra_state"), dict) or "kind" not in state["_extra_state"]:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
+                              f"{first[:120]})") from None
+    extra = state.get("_extra_state") if isinstance(state, dict) else None
+    if not isinstance(extra, dict) or "kind" not in extra:
         raise CheckpointError(f"{path}: not a checkpoint of this repository (no model kind and config inside)")
     found = state["_extra_state"]["kind"]
     if found not in MODEL_KINDS:
@@ -83,7 +87,8 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
 
 
 def model_class(kind: str):
-    module, name = MODEL_KINDS[kind]
+    """The model class of a checkpoint kind (MODEL_KINDS)."""
+    module, name = MODEL_KINDS[kind].split(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -100,7 +105,8 @@ def model_from_state(state: dict, path: str = "checkpoint") -> nn.Module:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: weights do not fit the saved config: {' '.join(first[:2])[:200]}") from None
+        why = " ".join(first[:2])[:200]
+        raise CheckpointError(f"{path}: weights do not fit the saved config: {why}") from None
     return model
 
 
@@ -167,11 +173,10 @@ def main(argv=None):
     try:
         print(describe(args.file))
         if args.report:
-            from common import write_report
-
             extra = load_checkpoint(args.file)["_extra_state"]
             write_report(args.report, {"kind": extra["kind"], "params": count_params(load_model(args.file)),
-                                       "config": extra["config"], "step": (extra.get("train") or {}).get("step")})
+                                       "config": extra["config"],
+                                       "step": (extra.get("train") or {}).get("step")})
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

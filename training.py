@@ -1,0 +1,212 @@
+"""The one training loop of the repository (entropy LM, baselines, BLT), in the shape of nanoGPT's train.py.
+
+A training script sets up, visibly and in this order, then calls train():
+
+    dist, device = setup_distributed(device_name)           # torchrun? join its process group
+    model = MyModel(config).to(device)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+    start = resume_from(path, model, optimizer, config) if path else 0   # exact resume
+    trained = maybe_compile(distribute(model, dist), compile)
+    result = train(trained, optimizer, data, config, device=device, dist=dist, out="m.pth", start_step=start)
+    cleanup_distributed()
+
+`data.batch(step, batch_size, rank, world_size)` returns (*inputs, targets) for this rank, a pure function
+of the step (byte_data.ByteWindows, train_blt.PatchedWindows), so a resumed run and N processes see the
+batches one uninterrupted process would. `config` holds the common.TrainFields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from common import TrainFields, autocast, pick_device
+from save_entropy_model import CheckpointError, load_into, save_checkpoint, unwrap
+
+BITS_PER_NAT = 1 / math.log(2)
+# training fields a resumed run must share with the run it continues (with every model field)
+RESUME_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
+               "seed")
+
+
+def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_step: int = 0, evaluate=None,
+          meta: dict | None = None, bytes_per_step: float | None = None, bpb_per_loss: float = BITS_PER_NAT,
+          desc: str = "train") -> dict:
+    """Train from start_step to cfg.max_steps; returns the last loss, the evaluations and bytes/s.
+
+    evaluate(step) -> dict of figures runs on rank 0 every cfg.eval_interval steps and at the end; the
+    checkpoint (model, optimizer, step, cfg; `meta` as run facts) is written atomically to `out` every
+    cfg.ckpt_interval steps and at the end. bytes_per_step is this rank's (default: its rows x
+    max_seq_len); bpb_per_loss turns the loss into bits per byte for the bar (tokens per byte / ln 2).
+    """
+    bytes_per_step = bytes_per_step or cfg.batch_size // dist.world_size * cfg.max_seq_len
+    evals, speed, smooth, loss_val = [], Speed(), None, float("nan")
+    bar = tqdm(range(start_step, cfg.max_steps), desc=desc, disable=not dist.is_main, dynamic_ncols=True,
+               initial=start_step, total=cfg.max_steps)
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:  # schedule
+            group["lr"] = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        batch = data.batch(step, cfg.batch_size, dist.rank, dist.world_size)  # batch: this rank's rows
+        *inputs, targets = (t.to(device) for t in batch)
+        with autocast(device):
+            _, loss = model(*inputs, targets=targets)  # forward
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP the gradients of all ranks are averaged here
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+
+        loss_val = global_mean(loss.detach(), dist)  # log the global batch's loss, not one shard's
+        speed.tick(bytes_per_step * dist.world_size)
+        smooth = loss_val if smooth is None else 0.95 * smooth + 0.05 * loss_val  # one batch is noisy
+        bar.set_postfix(loss=f"{smooth:.3f}", bpb=f"{smooth * bpb_per_loss:.3f}", **speed.shown(),
+                        refresh=False)  # log
+        last = step + 1 == cfg.max_steps
+        with speed.paused():  # evaluation and saving are not training: keep them out of bytes/s
+            if dist.is_main and evaluate and (last or every(cfg.eval_interval, step)):
+                evals.append({"step": step + 1, **evaluate(step + 1)})
+                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in evals[-1].items()))
+                model.train()
+            if dist.is_main and (last or every(cfg.ckpt_interval, step)):
+                save_run(out, model, optimizer, step + 1, cfg, meta)
+    bar.close()
+    if dist.enabled:  # no rank leaves before rank 0 has written the checkpoint the others may read next
+        tdist.barrier()
+    return {"loss": loss_val, "evals": evals, "bytes_per_s": speed.rate}
+
+
+def save_run(path: str, model, optimizer, step: int, cfg, meta: dict | None = None):
+    """The model with what resume_from needs (step, optimizer state, training config), written atomically."""
+    train_state = {"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg)}
+    save_checkpoint(model, path, train=train_state, meta=meta)
+
+
+def every(interval: int, step: int) -> bool:
+    """Whether step (0-based, just done) ends a period of `interval` steps (0 = never)."""
+    return interval > 0 and (step + 1) % interval == 0
+
+
+class Speed:
+    """Training bytes per second, from the second step on (the first pays for warm-up allocations)."""
+
+    def __init__(self):
+        self.t0, self.bytes, self.pause_s = None, 0, 0.0
+
+    def tick(self, n_bytes: float):
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+        else:
+            self.bytes += n_bytes
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.t0 - self.pause_s if self.t0 is not None else 0.0
+        return self.bytes / elapsed if self.bytes and elapsed > 0 else float("nan")
+
+    def shown(self) -> dict:
+        return {"B/s": f"{self.rate:.0f}"} if self.bytes else {}
+
+    @contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self.pause_s += time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------------------------------
+# Set-up before the loop: schedule, resume, DDP, compile (the optimizer: common.make_optimizer)
+
+
+def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resume_from(path: str, model, optimizer, cfg) -> int:
+    """Load a checkpoint's weights and optimizer state; returns the step to continue from.
+
+    Refused (ValueError) when the run it continues had another schedule, batch, seed or model config:
+    that would not continue the same run.
+    """
+    extra = load_into(model, path)
+    if "train" not in extra:
+        raise CheckpointError(f"{path}: holds no training state to resume from")
+    now = {**dataclasses.asdict(unwrap(model).config), **dataclasses.asdict(cfg)}
+    saved = {**extra.get("config", {}), **extra["train"].get("config", {})}
+    train_only = {f.name for f in dataclasses.fields(TrainFields)}
+    keys = [k for k in now if k in RESUME_KEYS or k not in train_only]
+    diff = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in keys if k in saved and saved[k] != now[k]]
+    if diff:
+        raise ValueError(f"{path}: was trained with other settings: {', '.join(diff)}")
+    optimizer.load_state_dict(extra["train"]["optimizer"])
+    return extra["train"]["step"]
+
+
+def distribute(model, dist: Dist):
+    """DistributedDataParallel under torchrun (gradients averaged over ranks), the model itself otherwise."""
+    return DistributedDataParallel(model) if dist.enabled else model
+
+
+def maybe_compile(model, compile: bool):
+    """torch.compile behind a flag (worth it on GPUs; compile time dominates short CPU runs)."""
+    return torch.compile(model) if compile else model
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a torchrun job (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(), pick_device(device_name)
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def cleanup_distributed():
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def global_mean(x: torch.Tensor, dist: Dist) -> float:
+    """The mean of a scalar over all ranks (the value itself in a single process)."""
+    if dist.enabled:
+        x = x.clone()
+        tdist.all_reduce(x)
+        x = x / dist.world_size
+    return x.item()
