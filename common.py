@@ -457,6 +457,11 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a lone process: the one that prints results and writes reports."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slower on most laptops)."""
     if device.type == "cuda":

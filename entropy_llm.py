@@ -1,9 +1,11 @@
 """The entropy model: a small causal byte-level LM whose next-byte entropies drive patching.
 
-Train (defaults are CPU-sized; the seed's 384 x 6 x 512 model is the preset "seed", meant for a GPU):
+Train (defaults are CPU-sized; --preset names a model size: tiny, cpu, seed = the seed's 384 x 6 x 512):
     python entropy_llm.py                                   # builtin corpus -> entropy_model.pth
     python entropy_llm.py --quick_demo                      # a few minutes on a laptop CPU
-    python entropy_llm.py --preset seed --data hf:wikitext:wikitext-103-raw-v1 --max_bytes 100000000
+    python entropy_llm.py --preset seed --batch_size 64 --max_steps 20000 --lr 1e-3 \
+        --data hf:wikitext:wikitext-103-raw-v1 --max_bytes 500000000      # a GPU run
+    python entropy_llm.py --resume                          # continue the run saved in entropy_model.pth
     torchrun --standalone --nproc_per_node=2 entropy_llm.py # DistributedDataParallel (gloo on CPU)
 Evaluate bits per byte over every byte of some data:
     python entropy_llm.py --eval --checkpoint entropy_model.pth --data my_text.txt --report r.json
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -28,13 +29,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CausalLM, LMTrainingFields, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
-                    lm_flops_per_token, pick_device, preset_config, seed_everything, setup_distributed, train_model,
-                    write_report)
+from byte_data import ByteWindows, DataError, document_digests, load_corpus, split_documents
+from common import (
+    CausalLM,
+    TrainFields,
+    add_config_args,
+    add_run_args,
+    config_overrides,
+    count_params,
+    is_main_process,
+    lm_flops_per_token,
+    make_optimizer,
+    pick_device,
+    preset_config,
+    resume_path,
+    seed_everything,
+    write_report,
+)
+from save_entropy_model import CheckpointError, load_entropy_model
+from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
 
 
 @dataclass
-class EntropyConfig(LMTrainingFields):
+class EntropyConfig(TrainFields):
     # model
     d_model: int = 128  # width of the residual stream
     n_heads: int = 4  # attention heads (d_model / n_heads = head dim, even for rotary)
@@ -48,14 +65,14 @@ class EntropyConfig(LMTrainingFields):
         self.check_lm_sizes()
 
 
-# Named sizes. "cpu" is the default; "seed" is the seed README's model, meant for a GPU.
+# Model sizes (--preset). "cpu" is the default; "seed" is the seed README's model, meant for a GPU.
 ENTROPY_PRESETS = {
-    "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, batch_size=8, max_steps=20, max_bytes=100_000),
+    "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64),
     "cpu": {},
-    "quick": dict(max_steps=400, max_bytes=1_500_000, eval_interval=0, ckpt_interval=0),
-    "seed": dict(d_model=384, n_heads=8, n_layers=6, max_seq_len=512, batch_size=64, max_steps=20_000,
-                 lr=1e-3, max_bytes=500_000_000, eval_interval=1000, ckpt_interval=1000),
+    "seed": dict(d_model=384, n_heads=8, n_layers=6, max_seq_len=512),
 }
+# --quick_demo: a shorter run on less data, a few minutes on a CPU
+QUICK_DEMO = dict(max_steps=400, max_bytes=1_500_000, eval_interval=0, ckpt_interval=0)
 
 
 class MinimalLLM(CausalLM):
@@ -72,7 +89,8 @@ class MinimalLLM(CausalLM):
 
 def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per byte: the blocks at mean causal context, plus the 256-way head."""
-    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len or config.max_seq_len)
+    seq_len = seq_len or config.max_seq_len
+    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,32 +199,38 @@ def cap_bytes(docs: list[bytes], max_bytes: int) -> list[bytes]:
 
 
 def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
-                        device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
-    """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report."""
-    from byte_data import ByteWindows, document_digests
+                        device_name: str | None = None, resume: str | None = None, compile: bool = False
+                        ) -> dict:
+    """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report.
 
+    `resume` is a checkpoint of the same run to continue from (exactly: the same batches follow).
+    """
     dist, device = setup_distributed(device_name)
     try:
         seed_everything(config.seed)
         model = MinimalLLM(config).to(device)
+        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+        start = resume_from(resume, model, optimizer, config) if resume else 0
+        trained = maybe_compile(distribute(model, dist), compile)
         windows = ByteWindows(train_docs, config.max_seq_len, seed=config.seed)
+        train_bytes = int(windows.lengths.sum())
 
-        def evaluate(step):
+        def evaluate(step):  # intermediate evaluations score a prefix of the held-out documents
             docs = val_docs if step == config.max_steps else cap_bytes(val_docs, config.eval_max_bytes)
             bpb, n = evaluate_bpb(model, docs)
             return {"val_bpb": bpb, "val_bytes": n}
 
         if dist.is_main:
             print(f"entropy model: {count_params(model):,} params, train {len(train_docs)} docs "
-                  f"{int(windows.lengths.sum()):,} bytes, val {len(val_docs)} docs "
-                  f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
-        result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
-                             evaluate=evaluate if val_docs else None,
-                             meta={"train_bytes": int(windows.lengths.sum()),
-                                   "train_documents": document_digests(train_docs)}, desc="entropy LM")
+                  f"{train_bytes:,} bytes, val {len(val_docs)} docs {sum(map(len, val_docs)):,} bytes, "
+                  f"device {device}, {dist.world_size} process(es)")
+        meta = {"train_bytes": train_bytes, "train_documents": document_digests(train_docs)}
+        result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
+                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
+                       desc="entropy LM")
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
-                "train_bytes": int(windows.lengths.sum()), "params": count_params(model),
+                "train_bytes": train_bytes, "params": count_params(model),
                 "bytes_per_s": result["bytes_per_s"], "train_loss": result["loss"],
                 "flops_per_byte": flops_per_byte(config), "checkpoint": out, "steps": config.max_steps,
                 "config": dataclasses.asdict(config)}
@@ -215,25 +239,23 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
 
 
 def build_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> EntropyConfig:
-    """EntropyConfig from a named preset, the quick-demo settings, then explicit overrides."""
-    return preset_config(EntropyConfig, ENTROPY_PRESETS, preset, quick_demo, **overrides)
+    """EntropyConfig of a model size (ENTROPY_PRESETS), the quick-demo settings, then explicit overrides."""
+    quick = QUICK_DEMO if quick_demo else {}
+    return preset_config(EntropyConfig, ENTROPY_PRESETS, preset, quick, **overrides)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, ENTROPY_PRESETS, out="entropy_model.pth", quick_help="fewer steps and bytes: a few minutes on a CPU")
+    add_run_args(p, ENTROPY_PRESETS, out="entropy_model.pth", model="entropy model",
+                 quick_help="fewer steps and bytes: a few minutes on a CPU")
     add_config_args(p, EntropyConfig)
     args = p.parse_args(argv)
-
-    from byte_data import DataError, load_corpus, split_documents
-    from save_entropy_model import CheckpointError, load_entropy_model
-
     try:
         if args.eval:
             if not args.checkpoint:
                 p.error("--eval needs --checkpoint")
             model = load_entropy_model(args.checkpoint, device=pick_device(args.device))
-            docs = load_corpus(args.data, max_bytes=args.max_bytes)
+            docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
             bpb, n = evaluate_bpb(model, docs)
             report = {"val_bpb": bpb, "num_bytes": n, "bytes_per_s": n / (time.perf_counter() - t0),
@@ -241,9 +263,11 @@ def main(argv=None):
             print(f"{args.data}: {bpb:.4f} bits per byte over {n:,} bytes")
         else:
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, EntropyConfig))
-            train_docs, val_docs = split_documents(load_corpus(args.data, max_bytes=config.max_bytes))
-            report = train_entropy_model(config, train_docs, val_docs, args.out, args.device, args.resume, args.compile)
-            if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the job
+            docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
+            train_docs, val_docs = split_documents(docs)
+            report = train_entropy_model(config, train_docs, val_docs, args.out, args.device,
+                                         resume_path(args), args.compile)
+            if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
             print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
                   f"{report['bytes_per_s']:,.0f} training bytes/s; saved {args.out}")

@@ -77,8 +77,8 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
                               f"{first[:120]})") from None
     extra = state.get("_extra_state") if isinstance(state, dict) else None
     if not isinstance(extra, dict) or "kind" not in extra:
-        raise CheckpointError(f"{path}: not a checkpoint of this repository (no model kind and config inside)")
-    found = state["_extra_state"]["kind"]
+        raise CheckpointError(f"{path}: not a checkpoint of this repository (no model kind or config inside)")
+    found = extra["kind"]
     if found not in MODEL_KINDS:
         raise CheckpointError(f"{path}: unknown model kind '{found}'")
     if kind is not None and found != kind:

@@ -8,11 +8,12 @@ entropy model, over one of two alphabets:
 Held-out bits per byte are comparable across both (and with the BLT): a document's token nats summed,
 divided by ln 2 x the number of bytes its tokens cover (DESIGN.md, "Bits per byte").
 
-Train (defaults are CPU-sized; "gpu" is a GPT-2-small-sized preset):
-    python template_llm.py                                          # bytes, builtin corpus -> template_model.pth
+Train (defaults are CPU-sized; --preset names a model size: tiny, cpu, gpu = GPT-2 small's shape):
+    python template_llm.py                                          # bytes, builtin -> template_model.pth
     python template_llm.py --tokenizer bpe --vocab_size 4096        # + template_model.tokenizer.json
     python template_llm.py --quick_demo --tokenizer bpe --report r.json   # a minute or two on a laptop CPU
-    python template_llm.py --preset gpu --tokenizer bpe --data hf:wikitext:wikitext-103-raw-v1 --max_bytes 100000000
+    python template_llm.py --preset gpu --tokenizer bpe --batch_size 64 --max_steps 20000 --lr 6e-4 \
+        --data hf:wikitext:wikitext-103-raw-v1 --max_bytes 500000000          # a GPU run
     torchrun --standalone --nproc_per_node=2 template_llm.py        # DistributedDataParallel (gloo on CPU)
 Evaluate bits per byte over every byte of some data (the tokenizer is found beside the checkpoint):
     python template_llm.py --eval --checkpoint template_model.pth --data my_text.txt --report r.json
@@ -27,13 +28,14 @@ Copying this file for a new approach (say `my_lm.py`):
     1. Rename TemplateConfig / TemplateLLM and change the model class; keep the forward contract
        forward(idx, targets=None) -> (logits, loss) with logits[:, t] predicting id t from ids < t.
     2. Give it a new `kind` ("my_lm") and register it in save_entropy_model.MODEL_KINDS
-       ("my_lm": ("my_lm", "MyLM")), so checkpoints load with no flags; list in `arch_fields` the config
+       ("my_lm": "my_lm:MyLM"), so checkpoints load with no flags; list in `arch_fields` the config
        fields that change the weights.
     3. Rewrite flops_per_byte() to count the new model's forward matmuls and attention per byte.
     4. Keep the report keys val_bpb, params, flops_per_byte, bytes_per_s, checkpoint (DESIGN.md) so the
        comparison study can add the approach as one more run; add a causality test and a CLI smoke test.
-    The training driver (common.train_model), the data windows (byte_data.ByteWindows) and the scorer
-    (entropy_llm.score_sequences) are shared: a new approach should not need its own.
+    The training loop (training.train), the data windows (byte_data.ByteWindows) and the scorer
+    (entropy_llm.score_sequences) are shared: a new approach should not need its own; train_template()
+    shows the set-up around the loop to copy.
 
 Shapes: B batch, T ids in a window (tokens, or bytes with --tokenizer bytes), C model width, V vocab size.
 """
@@ -50,21 +52,39 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch.distributed as tdist
 
-from common import (CausalLM, LMTrainingFields, Dist, add_config_args, add_run_args, cleanup_distributed, config_overrides, count_params,
-                    lm_flops_per_token, pick_device, preset_config, seed_everything, setup_distributed, train_model,
-                    write_report)
+from byte_data import ByteWindows, DataError, load_corpus, split_documents
+from common import (
+    CausalLM,
+    TrainFields,
+    add_config_args,
+    add_run_args,
+    atomic_write,
+    config_overrides,
+    count_params,
+    is_main_process,
+    lm_flops_per_token,
+    make_optimizer,
+    pick_device,
+    preset_config,
+    resume_path,
+    seed_everything,
+    write_report,
+)
 from entropy_llm import cap_bytes, score_sequences
+from save_entropy_model import CheckpointError, load_checkpoint, model_from_state
+from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
 
 TOKENIZERS = ("bytes", "bpe")
 DEFAULT_VOCAB = {"bytes": 256, "bpe": 4096}
 
 
 @dataclass
-class TemplateConfig(LMTrainingFields):
+class TemplateConfig(TrainFields):
     # model
-    tokenizer: str = "bytes"  # 'bytes' (ids are bytes 0..255) or 'bpe' (byte-level BPE trained on the training docs)
-    vocab_size: int = 0  # ids read and predicted; 0 = the tokenizer's default (bytes: 256, the only value; bpe: 4096)
+    tokenizer: str = "bytes"  # 'bytes' (ids are bytes 0..255) or 'bpe' (byte-level BPE of the training docs)
+    vocab_size: int = 0  # ids read and predicted; 0 = the tokenizer's default (bytes: 256 only; bpe: 4096)
     d_model: int = 128  # width of the residual stream
     n_heads: int = 4  # attention heads (d_model / n_heads = head dim, even for rotary)
     n_layers: int = 4  # transformer blocks
@@ -78,23 +98,25 @@ class TemplateConfig(LMTrainingFields):
         if self.tokenizer == "bytes" and self.vocab_size != 256:
             raise ValueError("vocab_size is 256 with --tokenizer bytes (ids are raw bytes)")
         if self.tokenizer == "bpe" and self.vocab_size < 256:
-            raise ValueError(f"a byte-level BPE needs vocab_size >= 256 (the byte alphabet), not {self.vocab_size}")
+            raise ValueError(f"a byte-level BPE needs vocab_size >= 256 (the byte alphabet), "
+                             f"not {self.vocab_size}")
         self.check_lm_sizes()
 
 
-# Named sizes. "cpu" is the default; "quick" is added by --quick_demo; "gpu" is GPT-2 small's shape.
+# Model sizes (--preset). "cpu" is the default; "gpu" is GPT-2 small's shape.
 TEMPLATE_PRESETS = {
-    "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64, batch_size=8, max_steps=20, max_bytes=100_000),
+    "tiny": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=64),
     "cpu": {},
-    "quick": dict(max_seq_len=128, max_steps=300, warmup_steps=30, max_bytes=1_000_000, eval_interval=0,
-                  ckpt_interval=0),
-    "gpu": dict(d_model=768, n_heads=12, n_layers=12, max_seq_len=1024, batch_size=64, max_steps=20_000, lr=6e-4,
-                max_bytes=500_000_000, eval_interval=1000, ckpt_interval=1000),
+    "gpu": dict(d_model=768, n_heads=12, n_layers=12, max_seq_len=1024),
 }
+# --quick_demo: shorter windows, fewer steps, less data: a minute or two on a CPU
+QUICK_DEMO = dict(max_seq_len=128, max_steps=300, warmup_steps=30, max_bytes=1_000_000, eval_interval=0,
+                  ckpt_interval=0)
 
 
 class TemplateLLM(CausalLM):
-    """Causal transformer over ids 0..vocab_size-1: logits[:, t] is the distribution of idx[:, t] given idx[:, :t].
+    """Causal transformer over ids 0..vocab_size-1: logits[:, t] is the distribution of idx[:, t] given
+    idx[:, :t].
 
     Position 0 reads a learned start vector (common.CausalLM), so no id is reserved and a document's first
     token is predicted (and counted in its bits per byte) too.
@@ -107,7 +129,8 @@ class TemplateLLM(CausalLM):
 
 def flops_per_token(config: TemplateConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per id: the blocks at mean causal context, plus the V-way head (2 C V)."""
-    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len or config.max_seq_len)
+    seq_len = seq_len or config.max_seq_len
+    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len)
 
 
 def flops_per_byte(config: TemplateConfig, tokens_per_byte: float = 1.0, seq_len: int | None = None) -> float:
@@ -161,7 +184,8 @@ _FROM_CHARS = {c: b for b, c in enumerate(BYTE_CHARS)}
 # Pre-split into words (merges never cross them), GPT-2 style but over bytes: contractions, letters with an
 # optional leading space (bytes >= 0x80, i.e. UTF-8 multi-byte characters, count as letters), up to three
 # digits, other symbols, whitespace runs. Every byte falls in exactly one word.
-_WORDS = re.compile(rb"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z\x80-\xff]+| ?[0-9]{1,3}| ?[^\sA-Za-z0-9\x80-\xff]+|\s+(?!\S)|\s+")
+_WORDS = re.compile(rb"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z\x80-\xff]+| ?[0-9]{1,3}| ?[^\sA-Za-z0-9\x80-\xff]+"
+                    rb"|\s+(?!\S)|\s+")
 
 
 class BPETokenizer:
@@ -193,7 +217,7 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, docs: list[bytes], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
-        """Learn merges from `docs` (pass training documents only) up to vocab_size tokens, alphabet included."""
+        """Learn merges from `docs` (training documents only) up to vocab_size tokens, alphabet included."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -211,15 +235,13 @@ class BPETokenizer:
         return cls(Tokenizer.from_file(path))
 
     def save(self, path: str):
-        from common import atomic_write
-
         atomic_write(path, lambda tmp: self.tokenizer.save(tmp))
 
     def encode_batch(self, docs: list[bytes]) -> list[np.ndarray]:
         encoded = self.tokenizer.encode_batch([self.to_chars(bytes(d)) for d in docs])
         out = [np.array(e.ids, dtype=self.dtype) for e in encoded]
         for doc, ids in zip(docs, out):
-            if self.decode(ids) != bytes(doc):  # BPB counts the bytes the tokens cover: they must be the document
+            if self.decode(ids) != bytes(doc):  # BPB counts the bytes the tokens cover: they must be the doc
                 raise ValueError("BPE tokens do not reproduce the document's bytes")
         return out
 
@@ -256,8 +278,6 @@ def _sha256(path: str) -> str:
 
 def tokenizer_of_checkpoint(path: str, extra: dict):
     """The tokenizer a checkpoint was trained with (its meta names the file, relative to the checkpoint)."""
-    from save_entropy_model import CheckpointError
-
     if extra["config"].get("tokenizer", "bytes") == "bytes":
         return ByteTokenizer()
     meta = extra.get("meta") or {}
@@ -280,8 +300,6 @@ def tokenizer_of_checkpoint(path: str, extra: dict):
 
 def load_template_model(path: str, device="cpu"):
     """(TemplateLLM in eval mode, its tokenizer) from a checkpoint; needs no flags."""
-    from save_entropy_model import load_checkpoint, model_from_state
-
     state = load_checkpoint(path, TemplateLLM.kind)
     tokenizer = tokenizer_of_checkpoint(path, state["_extra_state"])
     return model_from_state(state, path).to(device).eval(), tokenizer
@@ -291,7 +309,8 @@ def load_template_model(path: str, device="cpu"):
 # Scoring
 
 
-def nats_and_bytes(model, ids: list[np.ndarray], docs: list[bytes], batch_size: int = 32) -> tuple[float, int, int]:
+def nats_and_bytes(model, ids: list[np.ndarray], docs: list[bytes], batch_size: int = 32
+                   ) -> tuple[float, int, int]:
     """(total nats, bytes, tokens) of documents already encoded as `ids`, each scored from its own start."""
     _, nll = score_sequences(model, ids, batch_size, want_nll=True, unit="tok")
     return float(sum(a.sum() for a in nll)), sum(len(d) for d in docs), sum(len(a) for a in ids)
@@ -310,29 +329,27 @@ def evaluate_bpb(model, tokenizer, docs: list[bytes], batch_size: int = 32) -> t
 # Training
 
 
-def _shared_tokenizer(config, train_docs, out, dist: Dist, resume: str | None, tokenizer):
-    """Rank 0 builds (or takes over) the tokenizer and saves it beside `out`; the other ranks read that file."""
+def shared_tokenizer(config, train_docs, out, dist, resume: str | None, tokenizer):
+    """Rank 0 builds (or takes over) the tokenizer and saves it beside `out`; the other ranks read it."""
     if config.tokenizer == "bytes":
         return ByteTokenizer(), None
-    from save_entropy_model import load_checkpoint
-
     path = tokenizer_path(out)
     if dist.is_main:
         if tokenizer is None and resume:  # continue with the tokenizer the run started with
-            tokenizer = tokenizer_of_checkpoint(resume, load_checkpoint(resume, TemplateLLM.kind)["_extra_state"])
+            extra = load_checkpoint(resume, TemplateLLM.kind)["_extra_state"]
+            tokenizer = tokenizer_of_checkpoint(resume, extra)
         if tokenizer is None:
             tokenizer = build_tokenizer(config, train_docs)
         if not isinstance(tokenizer, BPETokenizer):
             raise ValueError("tokenizer 'bpe' needs a BPETokenizer")
         tokenizer.save(path)
     if dist.enabled:
-        import torch.distributed as tdist
-
         tdist.barrier()
         if not dist.is_main:
             tokenizer = BPETokenizer.load(path)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size {config.vocab_size}")
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size "
+                         f"{config.vocab_size}")
     return tokenizer, path
 
 
@@ -341,16 +358,18 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                    tokenizer=None) -> dict:
     """Train TemplateLLM on train_docs, score held-out BPB on val_docs, save to `out`; returns the report.
 
-    With tokenizer 'bpe' the BPE is learned from train_docs (or `tokenizer` is used, or on --resume the
+    With tokenizer 'bpe' the BPE is learned from train_docs (or `tokenizer` is used, or on resume the
     one of `resume`) and saved to tokenizer_path(out), which the checkpoint's meta names.
     """
-    from byte_data import ByteWindows
-
     dist, device = setup_distributed(device_name)
     try:
-        tokenizer, tok_path = _shared_tokenizer(config, train_docs, out, dist, resume, tokenizer)
+        tokenizer, tok_path = shared_tokenizer(config, train_docs, out, dist, resume, tokenizer)
         seed_everything(config.seed)
         model = TemplateLLM(config).to(device)
+        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+        start = resume_from(resume, model, optimizer, config) if resume else 0
+        trained = maybe_compile(distribute(model, dist), compile)
+
         t0 = time.perf_counter()
         train_ids, val_ids = encode_all(tokenizer, train_docs), encode_all(tokenizer, val_docs)
         encode_s = time.perf_counter() - t0
@@ -358,7 +377,7 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         tokens_per_byte = train_tokens / train_bytes if train_bytes else 1.0
         windows = ByteWindows(train_ids, config.max_seq_len, seed=config.seed)
 
-        def evaluate(step):
+        def evaluate(step):  # intermediate evaluations score a prefix of the held-out documents
             k = len(val_docs) if step == config.max_steps else len(cap_bytes(val_docs, config.eval_max_bytes))
             nats, n_bytes, n_tokens = nats_and_bytes(model, val_ids[:k], val_docs[:k])
             return {"val_bpb": nats / (math.log(2) * n_bytes), "val_bytes": n_bytes, "val_tokens": n_tokens}
@@ -367,15 +386,16 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         if tok_path:
             meta.update(tokenizer_file=os.path.basename(tok_path), tokenizer_sha256=_sha256(tok_path))
         if dist.is_main:
-            print(f"template LM ({config.tokenizer}, vocab {tokenizer.vocab_size}): {count_params(model):,} params, "
-                  f"train {len(train_docs)} docs {train_bytes:,} bytes = {train_tokens:,} tokens "
+            print(f"template LM ({config.tokenizer}, vocab {tokenizer.vocab_size}): {count_params(model):,} "
+                  f"params, train {len(train_docs)} docs {train_bytes:,} bytes = {train_tokens:,} tokens "
                   f"({tokens_per_byte:.3f} per byte, encoded in {encode_s:.1f}s), val {len(val_docs)} docs "
                   f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
         rows = config.batch_size // dist.world_size
-        result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
-                             evaluate=evaluate if val_docs else None, meta=meta, desc=f"template {config.tokenizer}",
-                             bytes_per_step=rows * config.max_seq_len / tokens_per_byte,
-                             bpb_per_loss=tokens_per_byte / math.log(2))
+        result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
+                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
+                       desc=f"template {config.tokenizer}",
+                       bytes_per_step=rows * config.max_seq_len / tokens_per_byte,
+                       bpb_per_loss=tokens_per_byte / math.log(2))
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "val_tokens": final.get("val_tokens", 0), "params": count_params(model),
@@ -389,40 +409,40 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
 
 
 def build_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> TemplateConfig:
-    """TemplateConfig from a named preset, the quick-demo settings, then explicit overrides."""
-    return preset_config(TemplateConfig, TEMPLATE_PRESETS, preset, quick_demo, **overrides)
+    """TemplateConfig of a model size (TEMPLATE_PRESETS), the quick-demo settings, then explicit overrides."""
+    quick = QUICK_DEMO if quick_demo else {}
+    return preset_config(TemplateConfig, TEMPLATE_PRESETS, preset, quick, **overrides)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, TEMPLATE_PRESETS, out="template_model.pth",
+    add_run_args(p, TEMPLATE_PRESETS, out="template_model.pth", model="baseline model",
                  quick_help="a smaller, shorter run: a minute or two on a CPU")
     add_config_args(p, TemplateConfig)
     args = p.parse_args(argv)
-
-    from byte_data import DataError, load_corpus, split_documents
-    from save_entropy_model import CheckpointError
-
     try:
         if args.eval:
             if not args.checkpoint:
                 p.error("--eval needs --checkpoint")
             model, tokenizer = load_template_model(args.checkpoint, device=pick_device(args.device))
-            docs = load_corpus(args.data, max_bytes=args.max_bytes)
+            docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
             bpb, n, n_tok = evaluate_bpb(model, tokenizer, docs)
             report = {"val_bpb": bpb, "num_bytes": n, "num_tokens": n_tok, "tokens_per_byte": n_tok / n,
-                      "bytes_per_s": n / (time.perf_counter() - t0), "checkpoint": args.checkpoint, "data": args.data}
+                      "bytes_per_s": n / (time.perf_counter() - t0), "checkpoint": args.checkpoint,
+                      "data": args.data}
             print(f"{args.data}: {bpb:.4f} bits per byte over {n:,} bytes ({n_tok:,} tokens)")
         else:
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, TemplateConfig))
-            train_docs, val_docs = split_documents(load_corpus(args.data, max_bytes=config.max_bytes))
-            report = train_template(config, train_docs, val_docs, args.out, args.device, args.resume, args.compile)
-            if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the job
+            docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
+            train_docs, val_docs = split_documents(docs)
+            report = train_template(config, train_docs, val_docs, args.out, args.device, resume_path(args),
+                                    args.compile)
+            if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
             print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
-                  f"{report['flops_per_byte']:,.0f} FLOPs per byte; {report['bytes_per_s']:,.0f} training bytes/s; "
-                  f"saved {args.out}" + (f" and {report['tokenizer_file']}" if report["tokenizer_file"] else ""))
+                  f"{report['flops_per_byte']:,.0f} FLOPs per byte; {report['bytes_per_s']:,.0f} training "
+                  f"bytes/s; saved {args.out}" + (f" and {tok}" if (tok := report["tokenizer_file"]) else ""))
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""The foundation: corpora and split, the entropy byte LM, entropies, checkpoints, the training command."""
+"""The entropy byte LM: causality, entropies, training windows, checkpoints, resume, the command.
+
+The corpus sources and the held-out split are tested in test_byte_data.py."""
 import json
 import os
 import subprocess
@@ -9,10 +11,26 @@ import pytest
 import torch
 
 from byte_data import ByteWindows, DataError, load_corpus, split_documents
-from entropy_llm import (EntropyConfig, MinimalLLM, build_config, compute_entropies, evaluate_bpb, flops_per_byte,
-                         score_bytes)
-from save_entropy_model import (CheckpointError, describe, load_checkpoint, load_entropy_model, load_into, load_model,
-                                model_fingerprint, save_checkpoint)
+from common import add_config_args, config_overrides
+from entropy_llm import (
+    EntropyConfig,
+    MinimalLLM,
+    build_config,
+    compute_entropies,
+    evaluate_bpb,
+    flops_per_byte,
+    score_bytes,
+)
+from save_entropy_model import (
+    CheckpointError,
+    describe,
+    load_checkpoint,
+    load_entropy_model,
+    load_into,
+    load_model,
+    model_fingerprint,
+    save_checkpoint,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=32)
@@ -145,22 +163,6 @@ def test_bpb_matches_mean_nll_in_bits():
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def test_builtin_corpus_is_offline_capped_and_deterministic():
-    docs = load_corpus("builtin", max_bytes=150_000)
-    assert sum(map(len, docs)) == 150_000
-    assert docs == load_corpus("builtin", max_bytes=150_000)
-
-
-def test_split_takes_whole_documents_and_shares_none():
-    docs = [f"document {i} ".encode() * (i + 1) for i in range(45)]
-    train, val = split_documents(docs)
-    assert len(val) == 4 and len(train) == 41
-    assert not set(train) & set(val)
-    assert sorted(train + val) == sorted(docs)
-    head, tail = split_documents([b"abcdefghijklmnopqrst"])
-    assert head == [b"abcdefghijklmnopqr"] and tail == [b"st"]
-
-
 def test_windows_stay_inside_training_documents_and_repeat_per_step(tmp_path):
     docs = [b"a" * 50, b"b" * 7, b"c" * 300]
     w = ByteWindows(docs, seq_len=16, seed=3)
@@ -246,19 +248,42 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- command line
 
 
+def test_flags_come_from_the_config_and_old_spellings_stay_hidden():
+    import argparse
+
+    from entropy_llm import main
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, EntropyConfig, aliases={"max_seq_len": ("seq_len",)})
+    assert config_overrides(p.parse_args([]), EntropyConfig) == {}  # nothing given: the config keeps its own
+    given = config_overrides(p.parse_args(["--seq_len", "48", "--lr", "0.01"]), EntropyConfig)
+    assert given == {"max_seq_len": 48, "lr": 0.01}
+    assert "--max_seq_len" in p.format_help() and "--seq_len" not in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--max_steps", "many"])
+    with pytest.raises(SystemExit):
+        main(["--preset", "huge"])  # --preset is a model size: tiny, cpu, seed
+
+
 def run_script(*args, cwd):
     return subprocess.run([sys.executable, os.path.join(ROOT, "entropy_llm.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_training_command_end_to_end_then_eval_and_resume(tmp_path):
     ckpt, report = str(tmp_path / "e.pth"), str(tmp_path / "r.json")
-    r = run_script("--preset", "tiny", "--max_steps", "12", "--out", ckpt, "--report", report, cwd=tmp_path)
+    tiny = ["--preset", "tiny", "--batch_size", "8", "--max_bytes", "100000", "--eval_interval", "0"]
+    r = run_script(*tiny, "--max_steps", "12", "--ckpt_interval", "6", "--out", ckpt, "--report", report,
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rep = json.load(open(report))
     assert {"val_bpb", "train_bytes", "params", "bytes_per_s", "checkpoint"} <= set(rep)
     assert 0 < rep["val_bpb"] < 8.5 and rep["checkpoint"] == ckpt
     assert load_checkpoint(ckpt)["_extra_state"]["train"]["step"] == 12
+    # --resume continues the run saved in --out, and refuses another schedule
+    r = run_script(*tiny, "--max_steps", "14", "--out", ckpt, "--resume", cwd=tmp_path)
+    assert r.returncode == 2 and "other settings: max_steps=12 (now 14)" in r.stderr, r.stderr
 
     sample = tmp_path / "sample.txt"
     sample.write_bytes(b"hello world, " * 20)
@@ -276,7 +301,7 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(tmp_path, monkeypa
     from entropy_llm import train_entropy_model
 
     train, val = split_documents(load_corpus("builtin", max_bytes=40_000))
-    cfg = build_config("tiny", max_steps=10, eval_interval=0, ckpt_interval=5)
+    cfg = build_config("tiny", batch_size=8, max_steps=10, eval_interval=0, ckpt_interval=5)
     full = train_entropy_model(cfg, train, val, str(tmp_path / "full.pth"), "cpu")
 
     killed = str(tmp_path / "killed.pth")

@@ -13,8 +13,17 @@ from byte_data import ByteWindows
 from entropy_llm import EntropyConfig, MinimalLLM
 from entropy_llm import flops_per_byte as entropy_flops_per_byte
 from save_entropy_model import CheckpointError, save_checkpoint
-from template_llm import (BPETokenizer, TemplateConfig, TemplateLLM, build_config, evaluate_bpb, flops_per_byte,
-                          load_template_model, tokenizer_path, train_template)
+from template_llm import (
+    BPETokenizer,
+    TemplateConfig,
+    TemplateLLM,
+    build_config,
+    evaluate_bpb,
+    flops_per_byte,
+    load_template_model,
+    tokenizer_path,
+    train_template,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=32)
@@ -107,7 +116,7 @@ def test_the_tokenizer_never_sees_a_held_out_byte(tmp_path, monkeypatch):
         return real_train(cls, docs, *args, **kw)
 
     monkeypatch.setattr(BPETokenizer, "train", classmethod(spy))
-    cfg = build_config("tiny", tokenizer="bpe", vocab_size=600, max_steps=2)
+    cfg = build_config("tiny", tokenizer="bpe", vocab_size=600, batch_size=8, max_steps=2)
     out = str(tmp_path / "bpe.pth")
     train_template(cfg, train, val, out, "cpu")
     assert seen == train
@@ -135,7 +144,8 @@ def test_bpe_bits_per_byte_are_token_nats_over_document_bytes(bpe):
 
 def test_bpe_resume_keeps_its_tokenizer_and_reaches_the_same_loss(tmp_path, monkeypatch):
     train, val = TEXT[:27], TEXT[27:]
-    cfg = build_config("tiny", tokenizer="bpe", vocab_size=400, max_steps=6, ckpt_interval=3, eval_interval=0)
+    cfg = build_config("tiny", tokenizer="bpe", vocab_size=400, batch_size=8, max_steps=6, ckpt_interval=3,
+                       eval_interval=0)
     full = train_template(cfg, train, val, str(tmp_path / "full.pth"), "cpu")
     killed = str(tmp_path / "killed.pth")
     batch = ByteWindows.batch
@@ -169,10 +179,12 @@ def one_line_error(r, *words):
         assert w in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe"])
 def test_command_end_to_end_then_eval(tmp_path, tokenizer):
     ckpt, report = str(tmp_path / "m.pth"), str(tmp_path / "r.json")
-    r = run_script("--preset", "tiny", "--max_steps", "4", "--max_bytes", "40000", "--tokenizer", tokenizer,
+    r = run_script("--preset", "tiny", "--batch_size", "8", "--max_steps", "4", "--max_bytes", "40000",
+                   "--tokenizer", tokenizer,
                    "--vocab_size", "512" if tokenizer == "bpe" else "256", "--out", ckpt, "--report", report,
                    cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -197,6 +209,7 @@ def test_command_end_to_end_then_eval(tmp_path, tokenizer):
                        "tokenizer", "missing")
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_and_data_give_one_line_errors(tmp_path):
     one_line_error(run_script("--eval", "--checkpoint", str(tmp_path / "nope.pth"), cwd=tmp_path),
                    "nope.pth: no such file")
