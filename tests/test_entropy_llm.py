@@ -45,7 +45,7 @@ def random_bytes(n, seed=0):
     return bytes(np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8))
 
 
-# ---------------------------------------------------------------------------------------------------- model
+# -------------------------------------------------------------------------------- model
 
 
 def test_causality_perturbing_a_byte_moves_no_earlier_logit():
@@ -101,7 +101,7 @@ def test_flops_per_byte_hand_count():
     assert flops_per_byte(c) == pytest.approx(matmul + attention + head)
 
 
-# ---------------------------------------------------------------------------------------------------- entropies
+# -------------------------------------------------------------------------------- entropies
 
 
 def test_entropies_of_a_prefix_equal_the_start_of_the_whole():
@@ -160,7 +160,7 @@ def test_bpb_matches_mean_nll_in_bits():
     assert bpb == pytest.approx(np.concatenate(nll).mean() / np.log(2))
 
 
-# ---------------------------------------------------------------------------------------------------- data
+# -------------------------------------------------------------------------------- data
 
 
 def test_windows_stay_inside_training_documents_and_repeat_per_step(tmp_path):
@@ -187,7 +187,7 @@ def test_folder_and_bad_paths(tmp_path):
         load_corpus(str(tmp_path / "missing"))
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
+# -------------------------------------------------------------------------------- checkpoints
 
 
 def test_checkpoint_roundtrip_and_the_seed_loading_line(tmp_path):
@@ -245,7 +245,7 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.pth"]
 
 
-# ---------------------------------------------------------------------------------------------------- command line
+# -------------------------------------------------------------------------------- command line
 
 
 def test_flags_come_from_the_config_and_old_spellings_stay_hidden():

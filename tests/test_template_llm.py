@@ -1,4 +1,5 @@
-"""The baseline: causality, exact byte-level BPE, no held-out byte in the tokenizer, BPB per byte, the command."""
+"""The baseline: causality, exact byte-level BPE, no held-out byte in the tokenizer, BPB per byte,
+the command."""
 import json
 import math
 import os
@@ -40,7 +41,7 @@ def bpe():
     return BPETokenizer.train(TEXT, vocab_size=400)
 
 
-# ---------------------------------------------------------------------------------------------------- model
+# -------------------------------------------------------------------------------- model
 
 
 def test_causality_perturbing_a_token_moves_no_earlier_logit():
@@ -76,12 +77,13 @@ def test_flops_per_byte_counts_the_head_and_scales_with_tokens_per_byte():
     assert flops_per_byte(bpe_cfg, tokens_per_byte=0.25) == pytest.approx(0.25 * per_token)
 
 
-# ---------------------------------------------------------------------------------------------------- BPE
+# -------------------------------------------------------------------------------- BPE
 
 
 def test_bpe_round_trips_arbitrary_bytes(bpe, tmp_path):
     samples = [b"", b"\x00", bytes(range(256)), b"\xff\xfe\x80 not utf-8 \xc3", "naïve café 日本 🙂".encode(),
-               b"\r\n\t  \x0b\x0c\x1c trailing   ", b"'s'll'''ve", random_bytes(3000, 1), random_bytes(500, 2)]
+               b"\r\n\t  \x0b\x0c\x1c trailing   ", b"'s'll'''ve", random_bytes(3000, 1),
+               random_bytes(500, 2)]
     path = str(tmp_path / "t.tokenizer.json")
     bpe.save(path)
     again = BPETokenizer.load(path)
@@ -128,7 +130,8 @@ def test_the_tokenizer_never_sees_a_held_out_byte(tmp_path, monkeypatch):
 
 def test_bpe_bits_per_byte_are_token_nats_over_document_bytes(bpe):
     torch.manual_seed(0)
-    model = TemplateLLM(TemplateConfig(tokenizer="bpe", vocab_size=bpe.vocab_size, **{**TINY, "max_seq_len": 64}))
+    cfg = TemplateConfig(tokenizer="bpe", vocab_size=bpe.vocab_size, **{**TINY, "max_seq_len": 64})
+    model = TemplateLLM(cfg)
     docs = [TEXT[3][:150], b"\xff\x00 odd bytes \xc3(", TEXT[5][:90]]
     nats, n_tokens = 0.0, 0
     for d in docs:  # every document shorter than a window: one plain forward pass each
@@ -165,7 +168,7 @@ def test_bpe_resume_keeps_its_tokenizer_and_reaches_the_same_loss(tmp_path, monk
     assert resumed["val_bpb"] == pytest.approx(full["val_bpb"], abs=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------------- command line
+# -------------------------------------------------------------------------------- command line
 
 
 def run_script(*args, cwd):
@@ -215,7 +218,8 @@ def test_bad_checkpoints_and_data_give_one_line_errors(tmp_path):
                    "nope.pth: no such file")
     entropy = str(tmp_path / "entropy.pth")
     save_checkpoint(MinimalLLM(EntropyConfig(**TINY)), entropy)
-    one_line_error(run_script("--eval", "--checkpoint", entropy, cwd=tmp_path), "expected a 'template_llm' model")
+    one_line_error(run_script("--eval", "--checkpoint", entropy, cwd=tmp_path),
+                   "expected a 'template_llm' model")
     with pytest.raises(CheckpointError, match="expected a 'template_llm'"):
         load_template_model(entropy)
     one_line_error(run_script("--preset", "tiny", "--data", str(tmp_path / "missing_dir"), cwd=tmp_path),
