@@ -2,43 +2,66 @@
 
 A corpus is a list of documents, each `bytes`. Sources (`--data`):
     builtin            offline: the Python reference manual (pydoc_data.topics), then the standard
-                       library's .py files in sorted order, up to max_bytes
-    PATH               a file (one document) or a folder (every file below it, recursively, sorted)
-    hf:NAME[:CONFIG]   a Hugging Face dataset streamed with `datasets` (needs a network)
+                       library's .py files in sorted order
+    builtin:code       offline: the standard library's .py files with docstrings and comments removed
+    builtin:prose      offline: the reference manual, then the docstrings and comments of the standard
+                       library, one document per source file
+    PATH               a file (one document) or a folder (every file below it, recursively, sorted); a
+                       .jsonl/.json/.parquet/.arrow file is read through `datasets`, one row's `text_field`
+                       per document (rows that are lines of articles are grouped, see rows_to_documents)
+    hf:NAME[:CONFIG]   a Hugging Face dataset streamed with `datasets` (needs a network), rows as above
 
-The split (DESIGN.md, "Held-out split"): every 10th document goes to validation whole; a corpus of one
-document gives its contiguous tail instead. Training reads fixed-length windows at random offsets inside
-training documents, a pure function of (seed, step), so resumed and distributed runs see the same data.
+`max_bytes` keeps whole documents only: the corpus stops before the first one that does not fit, so a
+document never reaches the split cut short (a cut copy has another hash and could land on the other side
+of it). Only a first document larger than max_bytes is cut, giving a one-document corpus.
+
+The split (DESIGN.md, "Held-out split"): exact duplicates are dropped, then every document whose content
+hash falls in the lowest 1/10 of its range goes to validation whole, so its side depends neither on its
+position nor on max_bytes; a corpus of one document gives its contiguous tail instead. Training reads
+fixed-length windows at random offsets inside training documents, a pure function of (seed, step), so
+resumed and distributed runs see the same data.
 
     >>> docs = load_corpus("builtin", max_bytes=200_000)
     >>> train, val = split_documents(docs)
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import inspect
+import io
+import itertools
 import os
+import re
 import sys
 import sysconfig
+import tokenize
+import warnings
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
-VAL_EVERY = 10  # every 10th document is held out: about 10%, deterministic by index
+VAL_EVERY = 10  # about 1 document in 10 is held out, chosen by its content hash
+BLOCK_BYTES = 2048  # held-out check: documents are also recorded as digests of aligned 2 KB blocks
+BLOCK_DIGEST = 8  # bytes per block digest: 4 bytes of record per KB trained on
+LOCAL_DATASET_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+# A top-level wikitext heading, " = Title = \n", starts an article; " = = Section = = \n" does not.
+ARTICLE_HEADING = re.compile(r" = [^=](?:.*[^=])? = \n?")
+# Comments that are directives, not English: coding cookies, linters, type checkers.
+TOOL_COMMENT = re.compile(r"(-\*- )?(en)?coding[:=]|noqa|type:|pragma|fmt:")
 
 
 class DataError(Exception):
     """A --data value that cannot be read; the message is one line."""
 
 
-def builtin_documents():
-    """Yield the offline corpus: reference-manual topics (sorted by name), then stdlib sources."""
-    from pydoc_data.topics import topics
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
-    for name in sorted(topics):
-        yield topics[name].encode("utf-8")
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for path in _files_below(stdlib, suffix=".py", skip_dirs=("site-packages", "dist-packages", "__pycache__")):
-        with open(path, "rb") as f:
-            yield f.read()
+
+# ---------------------------------------------------------------------------------------------------- builtin
 
 
 def _files_below(root: str, suffix: str = "", skip_dirs: tuple[str, ...] = ()) -> list[str]:
@@ -46,55 +69,269 @@ def _files_below(root: str, suffix: str = "", skip_dirs: tuple[str, ...] = ()) -
     out = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith("."))
-        out += [os.path.join(folder, f) for f in sorted(files) if f.endswith(suffix) and not f.startswith(".")]
+        out += [os.path.join(folder, f) for f in sorted(files)
+                if f.endswith(suffix) and not f.startswith(".")]
     return sorted(out, key=lambda p: os.path.relpath(p, root))
 
 
-def hf_documents(spec: str):
-    """Yield the text column of a streamed Hugging Face dataset, `NAME[:CONFIG]`, as UTF-8 documents."""
+def stdlib_sources() -> list[str]:
+    """The standard library's .py files, sorted by path (installed packages excluded)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return _files_below(stdlib, suffix=".py", skip_dirs=("site-packages", "dist-packages", "__pycache__"))
+
+
+def manual_topics() -> Iterator[bytes]:
+    """The Python reference manual as pydoc ships it, one topic per document, sorted by name."""
+    from pydoc_data.topics import topics  # a 0.8 MB module: imported only when the corpus is read
+
+    for name in sorted(topics):
+        yield topics[name].encode("utf-8")
+
+
+def builtin_documents() -> Iterator[bytes]:
+    """Yield the offline corpus: reference-manual topics (sorted by name), then stdlib sources."""
+    yield from manual_topics()
+    for path in stdlib_sources():
+        with open(path, "rb") as f:
+            yield f.read()
+
+
+def _read_source(path: str) -> str | None:
+    """A .py file as text (its coding cookie honoured, newlines as \\n), None if it cannot be decoded."""
     try:
-        import datasets
+        with tokenize.open(path) as f:
+            return f.read()
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return None
+
+
+def _docstrings(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.Expr]]:
+    """(owner, statement) for every docstring: the leading string statement of a module, class or def."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                yield node, first
+
+
+def _parse(source: str) -> ast.Module | None:
+    with warnings.catch_warnings():  # invalid escapes in old test files: not our concern here
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(source)
+        except (SyntaxError, ValueError):
+            return None
+
+
+def _comments(source: str) -> list[tokenize.TokenInfo] | None:
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        return [t for t in tokens if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+
+
+def strip_docstrings_and_comments(source: str) -> str | None:
+    """Python source without its docstrings and comments, layout otherwise kept; None if it does not parse.
+
+    A docstring that is a body's only statement becomes `pass`; lines left empty by a removal go, blank
+    lines of the original stay (at most two in a row).
+    """
+    tree, comments = _parse(source), _comments(source)
+    if tree is None or comments is None:
+        return None
+    lines = source.split("\n")
+
+    def char_col(row: int, byte_col: int) -> int:  # ast counts UTF-8 bytes, tokenize characters
+        return len(lines[row - 1].encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+    edits = [(t.start, t.end, "") for t in comments]
+    for owner, stmt in _docstrings(tree):
+        start = (stmt.lineno, char_col(stmt.lineno, stmt.col_offset))
+        end = (stmt.end_lineno, char_col(stmt.end_lineno, stmt.end_col_offset))
+        only = len(owner.body) == 1 and not isinstance(owner, ast.Module)
+        edits.append((start, end, "pass" if only else ""))
+    out: list[str | None] = list(lines)
+    edited = set()
+    for (r0, c0), (r1, c1), repl in sorted(edits, reverse=True):  # from the end: earlier positions hold
+        rest = out[r1 - 1][c1:]
+        if not repl and rest.lstrip().startswith(";"):  # `"doc"; x = 1` keeps `x = 1`
+            rest = rest.lstrip()[1:].lstrip()
+        out[r0 - 1] = (out[r0 - 1][:c0] + repl + rest).rstrip()
+        out[r0:r1] = [None] * (r1 - r0)
+        edited.add(r0 - 1)
+    kept = [line for i, line in enumerate(out) if line is not None and (i not in edited or line.strip())]
+    code = re.sub(r"\n{4,}", "\n\n\n", "\n".join(kept)).strip("\n") + "\n"
+    return code if code.strip() and _parse(code) is not None else None
+
+
+def docstrings_and_comments(source: str) -> str:
+    """The English of a Python source: its docstrings (cleaned of indentation) and comment blocks, in order.
+
+    Shebang, coding and tool lines (`noqa`, `type:`, `pragma`) and comments without words are left out.
+    """
+    tree, comments = _parse(source), _comments(source)
+    pieces = []  # (line, text)
+    for _, stmt in _docstrings(tree) if tree is not None else ():
+        text = inspect.cleandoc(stmt.value.value)
+        if re.search(r"[A-Za-z]{2}", text):
+            pieces.append((stmt.lineno, text))
+    block, last_row = [], -2
+    for tok in comments or ():
+        text = tok.string.lstrip("#").strip()
+        skip = tok.string.startswith("#!") or TOOL_COMMENT.match(text)
+        if skip or not re.search(r"[A-Za-z]{2}", text):
+            continue
+        if tok.start[0] != last_row + 1 and block:
+            pieces.append(block[0])
+            block = []
+        block = [(block[0][0], block[0][1] + "\n" + text)] if block else [(tok.start[0], text)]
+        last_row = tok.start[0]
+    pieces += block
+    return "\n\n".join(text for _, text in sorted(pieces, key=lambda p: p[0]))
+
+
+def _stdlib_texts(transform) -> Iterator[bytes]:
+    """transform(source) of every stdlib .py file except the manual's own module (pydoc_data/topics.py)."""
+    for path in stdlib_sources():
+        if path.endswith(os.path.join("pydoc_data", "topics.py")):
+            continue
+        source = _read_source(path)
+        text = transform(source) if source is not None else None
+        if text and text.strip():
+            yield text.encode("utf-8")
+
+
+def builtin_code_documents() -> Iterator[bytes]:
+    """The standard library's .py files without docstrings and comments (unparsable files left out)."""
+    yield from _stdlib_texts(strip_docstrings_and_comments)
+
+
+def builtin_prose_documents() -> Iterator[bytes]:
+    """The reference manual's topics, then the docstrings and comments of each standard-library file."""
+    yield from manual_topics()
+    yield from _stdlib_texts(docstrings_and_comments)
+
+
+BUILTIN_CORPORA = {"builtin": builtin_documents, "builtin:code": builtin_code_documents,
+                   "builtin:prose": builtin_prose_documents}
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+
+def group_articles(rows: Iterable[str]) -> Iterator[str]:
+    """Join the line rows of a line dataset (wikitext) into articles.
+
+    A row " = Title = " starts a new article; every other row, empty ones included, belongs to the current
+    one (rows before the first heading form a document of their own). Each row is one line of the article:
+    a row without a final newline gets one, so wikitext's empty rows come back as its blank lines.
+    """
+    article: list[str] = []
+    for row in rows:
+        if ARTICLE_HEADING.fullmatch(row) and article:
+            yield "".join(article)
+            article = []
+        article.append(row if row.endswith("\n") else row + "\n")
+    if article:
+        yield "".join(article)
+
+
+def rows_to_documents(rows: Iterable[str], probe: int = 100) -> Iterator[bytes]:
+    """Documents (UTF-8) from the text rows of a dataset, in order; whitespace-only ones are dropped.
+
+    Rows are documents themselves, unless one of the first `probe` rows is a wikitext article heading:
+    then the rows are lines and are grouped into articles (group_articles), so that a held-out document
+    is a whole article and never a line of a training one.
+    """
+    rows = iter(rows)
+    head = list(itertools.islice(rows, probe))
+    rows = itertools.chain(head, rows)
+    texts = group_articles(rows) if any(ARTICLE_HEADING.fullmatch(r) for r in head) else rows
+    for text in texts:
+        if text.strip():
+            yield text.encode("utf-8")
+
+
+def _dataset_rows(where: str, text_field: str | None, hint: str, *args, **kwargs) -> Iterator[str]:
+    """The `text_field` strings of datasets.load_dataset(*args, **kwargs), streamed; errors name `where`."""
+    try:
+        import datasets  # heavy and optional: only the corpora that need it import it
     except ImportError:
-        raise DataError("hf: datasets needs the `datasets` package (pip install datasets)") from None
-    name, _, config = spec.partition(":")
+        raise DataError(f"{where}: reading it needs the `datasets` package (pip install datasets)") from None
+    field = text_field or "text"
     try:
-        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
-        for row in ds:
-            text = row.get("text")
-            if text is None:  # fall back to the first string column
-                text = next((v for v in row.values() if isinstance(v, str)), None)
-            if text:
-                yield text.encode("utf-8")
+        for row in datasets.load_dataset(*args, split="train", streaming=True, **kwargs):
+            if field not in row:
+                raise DataError(f"{where}: rows have no field '{field}' (fields: {', '.join(row)}); "
+                                "choose one with --text_field")
+            if isinstance(row[field], str):
+                yield row[field]
     except DataError:
         raise
-    except Exception as e:  # no network, unknown dataset, ... : one line, not a deep traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"hf:{spec}: cannot stream this dataset ({first[:160]}); it needs a network "
-                        "connection to the Hugging Face hub, or use a local file/folder") from None
+    except Exception as e:  # no network, unknown dataset, a broken file, ...: one line, not a deep traceback
+        raise DataError(f"{where}: cannot read it ({_first_line(e)}){hint}") from None
 
 
-def load_corpus(data: str = "builtin", max_bytes: int | None = None) -> list[bytes]:
-    """The documents of `data`, in a fixed order, totalling at most max_bytes (the last one cut)."""
-    if data == "builtin":
-        source = builtin_documents()
+def hf_documents(spec: str, text_field: str | None = None) -> Iterator[bytes]:
+    """Documents of a streamed Hugging Face dataset `NAME[:CONFIG]` (train split), see rows_to_documents."""
+    name, _, config = spec.partition(":")
+    hint = "; it needs a network connection to the Hugging Face hub, or use a local file/folder"
+    yield from rows_to_documents(_dataset_rows(f"hf:{spec}", text_field, hint, name, config or None))
+
+
+def local_dataset_documents(path: str, text_field: str | None = None) -> Iterator[bytes]:
+    """Documents of a local .jsonl/.json/.parquet/.arrow file read through `datasets`."""
+    builder = LOCAL_DATASET_FORMATS[os.path.splitext(path)[1].lower()]
+    yield from rows_to_documents(_dataset_rows(path, text_field, "", builder, data_files=path))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
+
+
+def load_corpus(data: str = "builtin", max_bytes: int | None = None,
+                text_field: str | None = None) -> list[bytes]:
+    """The documents of `data`, in a fixed order, totalling at most max_bytes.
+
+    Whole documents only, up to the first that does not fit; a first document larger than max_bytes is
+    cut to it (a one-document corpus, split into head and tail). `text_field` names the text column of a
+    dataset (hf: or a local .jsonl/.json/.parquet/.arrow file); "text" when None.
+    """
+    if data in BUILTIN_CORPORA:
+        source = BUILTIN_CORPORA[data]()
+    elif data.startswith("builtin:"):
+        raise DataError(f"{data}: no such builtin corpus (choose from {', '.join(BUILTIN_CORPORA)})")
     elif data.startswith("hf:"):
-        source = hf_documents(data[3:])
+        source = hf_documents(data[3:], text_field)
     elif os.path.isfile(data):
-        source = iter([open(data, "rb").read()])
+        if os.path.splitext(data)[1].lower() in LOCAL_DATASET_FORMATS:
+            source = local_dataset_documents(data, text_field)
+        else:
+            source = iter([_read(data)])
     elif os.path.isdir(data):
         paths = _files_below(data)
         if not paths:
             raise DataError(f"{data}: folder holds no files")
-        source = (open(p, "rb").read() for p in paths)
+        source = (_read(p) for p in paths)
     else:
-        raise DataError(f"{data}: no such file or folder (use 'builtin', a path, or hf:NAME[:CONFIG])")
+        raise DataError(f"{data}: no such file or folder (use builtin, builtin:code, builtin:prose, a path, "
+                        "or hf:NAME[:CONFIG])")
     docs, total = [], 0
     for doc in source:
         if not doc:
             continue
         if max_bytes is not None and total + len(doc) > max_bytes:
-            if max_bytes - total > 0:
-                docs.append(doc[: max_bytes - total])
+            if not docs and max_bytes > 0:
+                docs.append(doc[:max_bytes])  # a one-document corpus: its tail is held out
             break
         docs.append(doc)
         total += len(doc)
@@ -103,16 +340,35 @@ def load_corpus(data: str = "builtin", max_bytes: int | None = None) -> list[byt
     return docs
 
 
-def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list[bytes], list[bytes]]:
-    """(train, val): whole documents, every `val_every`-th to validation (at least one when possible).
+# -------------------------------------------------------------------------------------------------- the split
 
-    A single document is split into its head (train) and contiguous tail (val, 1/val_every of it).
+
+def content_hash(doc: bytes) -> int:
+    """The first 8 bytes of the document's sha256, as an integer: what decides its side of the split."""
+    return int.from_bytes(hashlib.sha256(doc).digest()[:8], "big")
+
+
+def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list[bytes], list[bytes]]:
+    """(train, val): whole documents, in corpus order; exact duplicates dropped first.
+
+    A document is held out when its content hash lies in the lowest 1/val_every of the range, so its side
+    does not depend on where it sits or on which other documents are loaded. A corpus whose hashes hold
+    none out gives its lowest-hash document; one that would hold all out trains on its highest. A single
+    document is split into its head (train) and contiguous tail (val, 1/val_every of it).
     """
+    docs = list(dict.fromkeys(docs))
     if len(docs) == 1:
         doc = docs[0]
         cut = len(doc) - max(1, len(doc) // val_every) if len(doc) > 1 else len(doc)
         return [doc[:cut]], ([doc[cut:]] if cut < len(doc) else [])
-    val_idx = set(range(val_every - 1, len(docs), val_every)) or {len(docs) - 1}
+    if not docs:
+        return [], []
+    hashes = [content_hash(d) for d in docs]
+    val_idx = {i for i, h in enumerate(hashes) if h * val_every < 2**64}
+    if not val_idx:
+        val_idx = {int(np.argmin(hashes))}
+    if len(val_idx) == len(docs):
+        val_idx.remove(int(np.argmax(hashes)))
     train = [d for i, d in enumerate(docs) if i not in val_idx]
     val = [d for i, d in enumerate(docs) if i in val_idx]
     return train, val
@@ -164,26 +420,59 @@ class ByteWindows:
         return x, y
 
 
-def document_digests(docs: list[bytes]) -> list[list]:
-    """[sha256 prefix, length] of each document: a compact record of what a model was trained on."""
-    import hashlib
+# --------------------------------------------------------------------------------------------- held-out check
 
-    return [[hashlib.sha256(d).hexdigest()[:16], len(d)] for d in docs]
+
+def _digest(doc: bytes) -> str:
+    return hashlib.sha256(doc).hexdigest()[:16]
+
+
+def block_digests(doc: bytes, start: int = 0) -> list[bytes]:
+    """8-byte digests of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of the
+    block size, from the document's first byte) at or after `start`."""
+    first = -(-start // BLOCK_BYTES) * BLOCK_BYTES
+    return [hashlib.sha256(doc[o:o + BLOCK_BYTES]).digest()[:BLOCK_DIGEST]
+            for o in range(first, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES)]
+
+
+def document_digests(docs: list[bytes]) -> list[list]:
+    """[sha256 prefix, length, block digests] of each document: a compact record of what a model trained on.
+
+    The block digests (bytes, 8 per aligned 2 KB block) let held_out_seen notice a model that trained on
+    another cut of the same document, whose copy has another whole-document digest.
+    """
+    return [[_digest(d), len(d), b"".join(block_digests(d))] for d in docs]
 
 
 def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[bytes]) -> int:
     """How many of `val_docs` (the held-out part of corpus `docs`) a model trained on `trained_on` saw.
 
-    A held-out document counts when its digest is among the trained ones; for a one-document corpus, whose
-    held-out part is its tail, when the model trained on a prefix of that document reaching into the tail.
+    A held-out document counts when its digest is among the trained ones; when one of its aligned blocks
+    was trained on (another cut of a one-document corpus, longer or shorter, whose head reached into this
+    tail), unless this corpus's own training documents hold that same block too; and, for a one-document
+    corpus, when the model trained on a prefix of that document reaching into the tail. Block checks need
+    a record with block digests; old records ([digest, length] only) get the other two checks. An overlap
+    shorter than two blocks (4 KB) can go unnoticed.
     """
-    import hashlib
-
-    seen = {sha for sha, _ in trained_on}
-    count = sum(hashlib.sha256(v).hexdigest()[:16] in seen for v in val_docs)
-    if len(docs) == 1 and val_docs:
-        doc, cut = docs[0], len(docs[0]) - len(val_docs[0])
-        count += any(cut < n <= len(doc) and hashlib.sha256(doc[:n]).hexdigest()[:16] == sha for sha, n in trained_on)
+    whole = {entry[0] for entry in trained_on}
+    blocks = {packed[o:o + BLOCK_DIGEST] for *_, packed in (e for e in trained_on if len(e) > 2)
+              for o in range(0, len(packed), BLOCK_DIGEST)}
+    one_doc = len(docs) == 1 and bool(val_docs)
+    cut = len(docs[0]) - len(val_docs[0]) if one_doc else 0
+    if blocks:  # blocks this split itself trains on are shared content, not a leak
+        val_set = set(val_docs)
+        own_train = [docs[0][:cut]] if one_doc else [d for d in dict.fromkeys(docs) if d not in val_set]
+        blocks -= {b for d in own_train for b in block_digests(d)}
+    count = 0
+    for v in val_docs:
+        seen = _digest(v) in whole
+        if not seen and blocks:
+            seen = any(b in blocks for b in (block_digests(docs[0], cut) if one_doc else block_digests(v)))
+        if not seen and one_doc:
+            doc = docs[0]
+            seen = any(cut < n <= len(doc) and _digest(doc[:n]) == sha
+                       for sha, n in {(e[0], e[1]) for e in trained_on})
+        count += seen
     return count
 
 
