@@ -97,7 +97,10 @@ def model_from_state(state: dict, path: str = "checkpoint") -> nn.Module:
     extra = state["_extra_state"]
     cls = model_class(extra["kind"])
     try:
-        config = config_from_dict(cls.config_class, extra["config"])
+        if hasattr(cls.config_class, "from_dict"):  # older dicts read its own way (BLTConfig)
+            config = cls.config_class.from_dict(extra["config"])
+        else:
+            config = config_from_dict(cls.config_class, extra["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: config does not fit this version of {cls.__name__}: {e}") from None
     model = cls(config)

@@ -4,24 +4,31 @@
     python train_blt.py --entropy_model_path entropy_model.pth --quick_demo     # a few minutes on a CPU
     python train_blt.py --entropy_model_path entropy_model.pth                  # the default CPU run
     python train_blt.py --train_entropy --quick_demo                            # trains the entropy model too
-    python train_blt.py --patching space                                        # no entropy model needed
+    python train_blt.py --method space                                          # no entropy model needed
+    python train_blt.py --preset tiny --max_steps 8 --max_bytes 60000           # a seconds-long smoke run
+    python train_blt.py --resume                                # continue the run saved in blt_model.pth
     python train_blt.py --eval --checkpoint blt_model.pth --data notes.txt      # BPB over every byte
     python train_blt.py --generate --checkpoint blt_model.pth --prompt "def " --show_patches
-    torchrun --standalone --nproc_per_node=2 train_blt.py --quick_demo          # DDP (gloo on CPU, nccl on GPU)
+    torchrun --standalone --nproc_per_node=2 train_blt.py --quick_demo          # DDP (gloo on CPU, nccl: GPU)
     torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         --nproc_per_node=8 train_blt.py --preset large --data hf:NAME           # multi-node
 
-Data flow: corpus -> whole-document split (byte_data) -> entropies of every document from the entropy
-model (cached on disk) -> threshold calibrated on training documents only -> patch lengths per document
-(entropy_patcher) -> training windows of seq_len bytes that start at a patch start, with the patch
-lengths inside them (the last one cut at the window's end) -> BLTModel.
+Three configs, each with its own flags: BLTConfig (--preset names its size: tiny, cpu, small, ...,
+paper-8b-ish; --max_seq_len is the row length), PatchConfig (--method, --entropy_threshold, left unset
+to calibrate to --target_patch_size on training documents) and TrainConfig (common.TrainFields).
 
-Shapes: B batch, T bytes per window (seq_len), P patches per window.
+Data flow: corpus -> whole-document split (byte_data) -> entropies of every document from the entropy
+model (entropy_patcher.cached_entropies) -> threshold calibrated on training documents only
+(entropy_patcher.calibrate) -> patch lengths per document -> training windows of max_seq_len bytes that
+start at a patch start, with the patch lengths inside them (the last one cut at the window's end).
+One optimizer step (training.train): PatchedWindows.batch(step) -> x (B, T), patch_lengths (B, P), y ->
+BLTModel(x, patch_lengths, targets=y) -> loss.backward() -> clip -> AdamW step.
+
+Shapes: B batch, T bytes per window (max_seq_len), P patches per window.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import math
 import os
@@ -33,112 +40,90 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blt_model import BLTConfig, BLTModel, flops_per_byte
+import entropy_llm
+from blt_model import BLT_PRESETS, BLTConfig, BLTModel, flops_per_byte
 from byte_data import DataError, held_out_seen, load_corpus, split_documents
-from common import (add_config_args, atomic_write, autocast, cleanup_distributed, config_from_dict, config_overrides,
-                    count_params, pick_device, seed_everything, setup_distributed, train_model, write_report)
-from entropy_patcher import (ENTROPY_METHODS, METHODS, PatchConfig, calibrate_threshold, patch_lengths_from_entropies,
-                             patch_statistics)
-from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model, model_fingerprint
+from common import (
+    TrainFields,
+    add_config_args,
+    add_run_args,
+    autocast,
+    config_from_dict,
+    config_overrides,
+    count_params,
+    is_main_process,
+    make_optimizer,
+    pick_device,
+    preset_config,
+    resume_path,
+    seed_everything,
+    write_report,
+)
+from entropy_patcher import (
+    EntropyPatcher,
+    PatchConfig,
+    cached_entropies,
+    calibrate,
+    patch_lengths_from_entropies,
+    patch_statistics,
+    patcher_from_meta,
+)
+from patch_pictures import format_patches
+from save_entropy_model import (
+    CheckpointError,
+    load_checkpoint,
+    load_entropy_model,
+    model_fingerprint,
+    model_from_state,
+)
+from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
 
 
 @dataclass
-class TrainConfig:
-    # model
-    preset: str = "cpu"  # BLTConfig preset (blt_model.BLT_PRESETS); seq_len below sets its max_seq_len
-    # data
-    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
-    seq_len: int = 1024  # bytes per training window
-    # patching
-    patching: str = "global"  # global | monotonic | global_monotonic | static | space | byte
-    threshold: float = float("nan")  # nats; NaN = calibrate to target_patch_size on the training documents
-    monotonic_threshold: float = 0.3  # nats; global_monotonic's second threshold
-    target_patch_size: float = 4.5  # bytes per patch that calibration aims at (static uses round() of it)
-    min_patch_size: int = 1  # bytes; 1 lets the entropy alone decide (the seed's PatchConfig default is 4)
-    max_patch_size: int = 64  # bytes; longer runs of predictable bytes are cut
-    # optimisation
-    batch_size: int = 8  # windows per optimizer step (global, over all processes)
-    max_steps: int = 1200  # optimizer steps
-    lr: float = 2e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay on matrices
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    eval_interval: int = 400  # steps between held-out evaluations (0 = only at the end)
-    eval_max_bytes: int = 100_000  # held-out bytes scored at intermediate evaluations (the final one scores all)
-    ckpt_interval: int = 400  # steps between checkpoints (0 = only at the end)
-    seed: int = 1337  # init and data order
+class TrainConfig(TrainFields):
+    """The BLT's training settings: common.TrainFields, declared there once. Its sizes (max_seq_len, the
+    row length, included) are the model's BLTConfig, its patching the dataset's PatchConfig.
 
-    def __post_init__(self):
-        if self.patching not in METHODS:
-            raise ValueError(f"unknown patching {self.patching!r}")
-        if self.max_patch_size > self.seq_len:
-            raise ValueError(f"max_patch_size {self.max_patch_size} exceeds seq_len {self.seq_len}")
-        if min(self.seq_len, self.batch_size, self.max_steps) < 1:
-            raise ValueError("seq_len, batch_size and max_steps must be positive")
-
-    @property
-    def needs_entropy(self) -> bool:
-        return self.patching in ENTROPY_METHODS
+    train_config() starts from BLT_TRAINING, the BLT's CPU defaults, as the command line does.
+    """
 
 
-TRAIN_PRESETS = {
-    # ~2 MB so that 260 steps stay under one epoch: the hash n-gram tables memorise repeated passes
-    "quick": dict(max_bytes=2_000_000, max_steps=260, seq_len=512, batch_size=16, eval_interval=0, ckpt_interval=0,
-                  warmup_steps=30),
-    "tiny": dict(preset="tiny", max_bytes=60_000, seq_len=128, max_patch_size=16, batch_size=4, max_steps=8,
-                 eval_interval=0, ckpt_interval=0, warmup_steps=2, eval_max_bytes=5_000),
-}
+# The BLT's CPU defaults over TrainFields': rows of 1024 bytes, so 8 rows a step are the LMs' 32 x 256 bytes
+BLT_TRAINING = dict(batch_size=8, max_steps=1200, lr=2e-3, eval_interval=400, eval_max_bytes=100_000,
+                    ckpt_interval=400)
+# patching defaults of a BLT run: calibrate the threshold; min 1 lets the entropy alone decide (the seed's
+# PatchConfig has 4); runs of predictable bytes are cut at 64
+BLT_PATCHING = dict(entropy_threshold=None, min_patch_size=1, max_patch_size=64)
+# --quick_demo: ~2 MB so that 260 steps stay under one epoch (the hash n-gram tables memorise repeats)
+QUICK_MODEL = dict(max_seq_len=512)
+QUICK_TRAINING = dict(max_bytes=2_000_000, max_steps=260, batch_size=16, eval_interval=0, ckpt_interval=0,
+                      warmup_steps=30)
+
+
+def model_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> BLTConfig:
+    """BLTConfig of a named size (blt_model.BLT_PRESETS), the quick demo's row length, then overrides."""
+    return preset_config(BLTConfig, BLT_PRESETS, preset, QUICK_MODEL if quick_demo else {}, **overrides)
+
+
+def train_config(quick_demo: bool = False, **overrides) -> TrainConfig:
+    """TrainConfig from BLT_TRAINING, the quick-demo settings, then overrides."""
+    quick = QUICK_TRAINING if quick_demo else {}
+    return config_from_dict(TrainConfig, {**BLT_TRAINING, **quick}, **overrides)
+
+
+def patch_config(**overrides) -> PatchConfig:
+    """PatchConfig from BLT_PATCHING, then overrides."""
+    return config_from_dict(PatchConfig, BLT_PATCHING, **overrides)
+
+
+def build_model(config: BLTConfig, seed: int = 1337) -> BLTModel:
+    """A freshly initialised BLT, seeded so that a run (and its resumed half) starts from the same weights."""
+    seed_everything(seed)
+    return BLTModel(config)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Patched data
-
-
-def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str = ".patch_cache") -> list[np.ndarray]:
-    """Entropies of every document, computed once per (model weights, documents) and kept on disk.
-
-    A cache file that cannot be read or does not fit the documents is recomputed, never trusted.
-    """
-    from entropy_llm import compute_entropies
-
-    h = hashlib.sha256(model_fingerprint(entropy_model).encode())
-    for d in docs:
-        h.update(len(d).to_bytes(8, "little") + d)
-    path = os.path.join(cache_dir, f"entropies-{h.hexdigest()[:32]}.npy")
-    total = sum(map(len, docs))
-    if os.path.exists(path):
-        try:
-            flat = np.load(path, allow_pickle=False)
-            if flat.shape == (total,) and flat.dtype == np.float32 and np.isfinite(flat).all():
-                return np.split(flat, np.cumsum([len(d) for d in docs])[:-1])
-        except Exception as e:  # unreadable cache (truncated, empty, not numpy): recompute it, never trust it
-            print(f"warning: ignoring unreadable entropy cache {path} ({type(e).__name__})", file=sys.stderr)
-    ent = compute_entropies(entropy_model, docs, show_progress=total > 200_000)
-    flat = np.concatenate(ent) if ent else np.zeros(0, np.float32)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, flat)
-
-    atomic_write(path, write)
-    return ent
-
-
-def make_patch_config(tcfg: TrainConfig, train_docs, train_entropies) -> PatchConfig:
-    """The PatchConfig of a run; an entropy threshold left as NaN is calibrated on training documents."""
-    fields = dict(method=tcfg.patching, min_patch_size=tcfg.min_patch_size, max_patch_size=tcfg.max_patch_size,
-                  monotonic_threshold=tcfg.monotonic_threshold, patch_size=max(1, round(tcfg.target_patch_size)))
-    if tcfg.patching == "static":
-        fields["min_patch_size"] = 1
-    if not tcfg.needs_entropy:
-        return PatchConfig(**fields)
-    threshold = tcfg.threshold
-    if math.isnan(threshold):
-        method = "monotonic" if tcfg.patching == "monotonic" else "global"
-        threshold = calibrate_threshold(None, train_docs, tcfg.target_patch_size, method=method,
-                                        config=PatchConfig(**fields), entropies=train_entropies)
-    return PatchConfig(**fields, entropy_threshold=threshold)
 
 
 def patch_starts(lengths: np.ndarray) -> np.ndarray:
@@ -146,8 +131,10 @@ def patch_starts(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
-def document_lengths(docs, entropies, patch_config: PatchConfig) -> list[np.ndarray]:
-    return [patch_lengths_from_entropies(h, d, patch_config) for h, d in zip(entropies, docs)]
+def window_lengths(starts: np.ndarray, s: int, e: int) -> np.ndarray:
+    """Patch lengths of bytes [s, e) of a document whose patches start at `starts` (s is one of them)."""
+    inside = starts[(starts >= s) & (starts < e)]
+    return np.diff(np.append(inside, e))
 
 
 @dataclass
@@ -158,7 +145,7 @@ class PatchedDataset:
     train_lengths: list[np.ndarray]
     val_docs: list[bytes]
     val_lengths: list[np.ndarray]
-    patch_config: PatchConfig
+    patch_config: PatchConfig  # resolved: a calibrated threshold, never None
     entropy_model_path: str | None = None
     entropy_fingerprint: str | None = None
     patching_flops_per_byte: float = 0.0  # the entropy model's forward cost per patched byte
@@ -167,51 +154,63 @@ class PatchedDataset:
     def mean_patch_size(self) -> float:
         return patch_statistics(self.train_lengths)["mean_patch_size"]
 
+    def meta(self) -> dict:
+        """What a BLT checkpoint records of its data and patching (load_blt rebuilds the patcher from it)."""
+        digest = hashlib.sha256()
+        for d in self.train_docs:
+            digest.update(len(d).to_bytes(8, "little") + d)
+        return {"patch": EntropyPatcher(None, self.patch_config).to_meta(),
+                "entropy_model": self.entropy_model_path, "entropy_fingerprint": self.entropy_fingerprint,
+                "mean_patch_size": self.mean_patch_size, "train_data": digest.hexdigest()}
+
 
 def entropy_training_record(path: str) -> list | None:
-    """The [digest, length] list of the documents the entropy model at `path` was trained on, if recorded."""
+    """The record of the documents the entropy model at `path` was trained on, if it keeps one."""
     return (load_checkpoint(path, "entropy_llm")["_extra_state"].get("meta") or {}).get("train_documents")
 
 
-def prepare_dataset(tcfg: TrainConfig, docs: list[bytes], entropy_model=None, entropy_model_path=None,
-                    cache_dir: str = ".patch_cache") -> PatchedDataset:
+def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
+                    entropy_model_path: str | None = None) -> PatchedDataset:
     """Split, compute entropies (cached), calibrate on the training split, patch every document.
 
     The entropy model must not have trained on a held-out document: its patches (and so the BLT's held-out
     BPB) would then carry knowledge of them. Checked against the record its checkpoint keeps.
     """
-    from entropy_llm import flops_per_byte as entropy_flops
-
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any bytes for validation")
-    if tcfg.needs_entropy and entropy_model_path:
-        record = entropy_training_record(entropy_model_path)
-        if record is None:
-            print(f"warning: {entropy_model_path} does not record its training documents; cannot check that it "
-                  "never saw the held-out ones", file=sys.stderr)
-        elif (seen := held_out_seen(record, docs, val_docs)):
-            raise ValueError(f"{entropy_model_path}: the entropy model was trained on {seen} of the {len(val_docs)} "
-                             "held-out documents of this corpus; train it on this corpus's training split "
-                             "(--train_entropy) so held-out BPB stays honest")
-    train_h = val_h = [None] * len(docs)
+    train_h = val_h = None
     fingerprint, patch_flops = None, 0.0
-    if tcfg.needs_entropy:
+    if config.needs_entropy:
         if entropy_model is None:
-            raise ValueError(f"patching '{tcfg.patching}' needs an entropy model")
-        train_h = cached_entropies(entropy_model, train_docs, cache_dir)
-        val_h = cached_entropies(entropy_model, val_docs, cache_dir)
+            raise ValueError(f"patching method '{config.method}' needs an entropy model")
+        check_entropy_model_is_clean(entropy_model_path, docs, val_docs)
+        cache_dir = config.cache_dir if config.cache_patches else None
+        train_h = cached_entropies(entropy_model, train_docs, cache_dir, label="train")
+        val_h = cached_entropies(entropy_model, val_docs, cache_dir, label="val")
+        config = calibrate(config, entropy_model, train_docs, entropies=train_h)
         fingerprint = model_fingerprint(entropy_model)
-        patch_flops = 2 * entropy_flops(entropy_model.config)  # windows overlap by half: each byte runs twice
-    pc = make_patch_config(tcfg, train_docs, train_h)
-    return PatchedDataset(train_docs, document_lengths(train_docs, train_h, pc), val_docs,
-                          document_lengths(val_docs, val_h, pc), pc, entropy_model_path, fingerprint, patch_flops)
+        patch_flops = 2 * entropy_llm.flops_per_byte(entropy_model.config)  # windows overlap by half
+    return PatchedDataset(train_docs, document_lengths(train_docs, train_h, config), val_docs,
+                          document_lengths(val_docs, val_h, config), config, entropy_model_path, fingerprint,
+                          patch_flops)
 
 
-def _window_lengths(starts: np.ndarray, s: int, e: int) -> np.ndarray:
-    """Patch lengths of bytes [s, e) of a document whose patches start at `starts` (s is one of them)."""
-    inside = starts[(starts >= s) & (starts < e)]
-    return np.diff(np.append(inside, e))
+def check_entropy_model_is_clean(path: str | None, docs: list[bytes], val_docs: list[bytes]):
+    """Refuse an entropy model that trained on a held-out document of this corpus (warn if unrecorded)."""
+    record = entropy_training_record(path) if path else None
+    if record is None:
+        print(f"warning: {path or 'the entropy model'} does not record its training documents; cannot check "
+              "that it never saw the held-out ones", file=sys.stderr)
+    elif seen := held_out_seen(record, docs, val_docs):
+        raise ValueError(f"{path}: the entropy model was trained on {seen} of the {len(val_docs)} held-out "
+                         "documents of this corpus; train it on this corpus's training split "
+                         "(--train_entropy) so held-out BPB stays honest")
+
+
+def document_lengths(docs, entropies, config: PatchConfig) -> list[np.ndarray]:
+    entropies = entropies if entropies is not None else [None] * len(docs)
+    return [patch_lengths_from_entropies(h, d, config) for h, d in zip(entropies, docs)]
 
 
 class PatchedWindows:
@@ -222,14 +221,14 @@ class PatchedWindows:
     one after them (so the document's end is covered); its last patch is cut at the window's end.
     """
 
-    def __init__(self, docs: list[bytes], lengths: list[np.ndarray], seq_len: int, seed: int = 0):
-        self.docs, self.seq_len, self.seed = docs, seq_len, seed
+    def __init__(self, docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int, seed: int = 0):
+        self.docs, self.max_seq_len, self.seed = docs, max_seq_len, seed
         self.starts = [patch_starts(n) for n in lengths]
         sizes = np.array([len(d) for d in docs], dtype=np.float64)
         self.prob = sizes / sizes.sum()
         # per document: the patch starts that leave a full window, and the first one past them (whose window
         # runs off the end, a little padded), so a document's last bytes are trained on too
-        self.n_ok = [min(len(st), int(np.searchsorted(st, max(0, len(d) - seq_len), side="right")) + 1)
+        self.n_ok = [min(len(st), int(np.searchsorted(st, max(0, len(d) - max_seq_len), side="right")) + 1)
                      for st, d in zip(self.starts, docs)]
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -240,7 +239,7 @@ class PatchedWindows:
         doc = rng.choice(len(self.docs), size=batch_size, p=self.prob)
         pick = rng.random(batch_size)
         per = batch_size // world_size
-        T = self.seq_len
+        T = self.max_seq_len
         x = np.zeros((per, T), dtype=np.int64)
         y = np.full((per, T), -100, dtype=np.int64)
         rows = []
@@ -250,17 +249,17 @@ class PatchedWindows:
             e = min(s + T, len(self.docs[d]))
             x[r, : e - s] = np.frombuffer(self.docs[d], dtype=np.uint8, count=e - s, offset=s)
             y[r, : e - s] = x[r, : e - s]
-            rows.append(_window_lengths(st, s, e))
+            rows.append(window_lengths(st, s, e))
         lengths = np.zeros((per, max(len(n) for n in rows)), dtype=np.int64)  # (B', P)
         for r, n in enumerate(rows):
             lengths[r, : len(n)] = n
         return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(y)
 
 
-def eval_windows(docs: list[bytes], lengths: list[np.ndarray], seq_len: int):
+def eval_windows(docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int):
     """(doc, start, score_from, end) windows covering every byte of every document.
 
-    Each window starts at a patch start; after the first, a window starts about seq_len/2 before the first
+    Each window starts at a patch start; after the first, a window starts about max_seq_len/2 before the first
     byte it scores, so scored bytes keep context (as the entropy model's evaluation does).
     """
     jobs = []
@@ -268,29 +267,29 @@ def eval_windows(docs: list[bytes], lengths: list[np.ndarray], seq_len: int):
         starts = patch_starts(n)
         cursor = 0
         while cursor < len(d):
-            want = max(0, cursor - seq_len // 2)
+            want = max(0, cursor - max_seq_len // 2)
             s = int(starts[np.searchsorted(starts, want, side="right") - 1])
-            if s + seq_len <= cursor:  # patches longer than half a window: start at the last start instead
+            if s + max_seq_len <= cursor:  # patches longer than half a window: start at the last start
                 s = int(starts[np.searchsorted(starts, cursor, side="right") - 1])
-            e = min(s + seq_len, len(d))
+            e = min(s + max_seq_len, len(d))
             jobs.append((i, s, cursor, e))
             cursor = e
     return jobs
 
 
 @torch.inference_mode()
-def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], seq_len: int, batch_size: int = 8,
-             device=None) -> tuple[float, int]:
+def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int,
+             batch_size: int = 8, device=None) -> tuple[float, int]:
     """(bits per byte, bytes) over every byte of `docs`, patched by `lengths`."""
     model.eval()
     device = device or next(model.parameters()).device
-    jobs = eval_windows(docs, lengths, seq_len)
+    jobs = eval_windows(docs, lengths, max_seq_len)
     starts = [patch_starts(n) for n in lengths]
     total_nll, total_bytes = 0.0, 0
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
-        rows = [_window_lengths(starts[i], s, e) for i, s, _, e in chunk]
-        x = np.zeros((len(chunk), seq_len), dtype=np.int64)
+        rows = [window_lengths(starts[i], s, e) for i, s, _, e in chunk]
+        x = np.zeros((len(chunk), max_seq_len), dtype=np.int64)
         pl = np.zeros((len(chunk), max(len(n) for n in rows)), dtype=np.int64)
         for r, ((i, s, _, e), n) in enumerate(zip(chunk, rows)):
             x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
@@ -299,7 +298,7 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], seq_
         with autocast(xt.device):
             logits, _ = model(xt, torch.from_numpy(pl).to(device))
         nll = F.cross_entropy(logits.float().transpose(1, 2), xt, reduction="none").cpu().double()  # (B, T)
-        for r, (i, s, k0, k1) in enumerate(chunk):
+        for r, (_, s, k0, k1) in enumerate(chunk):
             total_nll += float(nll[r, k0 - s:k1 - s].sum())
             total_bytes += k1 - k0
     if total_bytes == 0:
@@ -313,144 +312,144 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], seq_
 
 def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out: str = "blt_model.pth",
               device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
-    """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report."""
+    """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report.
+
+    `resume` is a checkpoint of the same run (same patches, data and settings) to continue from, exactly.
+    """
+    T = model.config.max_seq_len
+    if dataset.patch_config.size_bounds[1] > T:
+        raise ValueError(f"max_patch_size {dataset.patch_config.size_bounds[1]} exceeds max_seq_len {T}")
     dist, device = setup_distributed(device_name)
     try:
         model.to(device)
-        meta = {"patch_config": dataclasses.asdict(dataset.patch_config), "train_config": dataclasses.asdict(config),
-                "entropy_model_path": dataset.entropy_model_path, "entropy_fingerprint": dataset.entropy_fingerprint,
-                "mean_patch_size": dataset.mean_patch_size}
-        if resume:  # the same patches, or the resumed run would not be the same run
-            saved = (load_checkpoint(resume, "blt")["_extra_state"].get("meta") or {}).get("patch_config")
-            if saved != meta["patch_config"]:
-                raise ValueError(f"{resume}: was trained with other patches ({saved})")
-        windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, config.seq_len, config.seed)
-        mean_ps = dataset.mean_patch_size
-        n_train = sum(map(len, dataset.train_docs))
+        optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
+        start = 0
+        if resume:
+            check_same_data(resume, dataset)
+            start = resume_from(resume, model, optimizer, config)
+        trained = maybe_compile(distribute(model, dist), compile)
+        windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
+        mean_ps, n_train = dataset.mean_patch_size, sum(map(len, dataset.train_docs))
 
-        def run_eval(step):
+        def evaluate_held_out(step):  # intermediate evaluations score a prefix of the held-out documents
             docs, lengths = dataset.val_docs, dataset.val_lengths
-            if step != config.max_steps:  # intermediate evaluations score a prefix of the held-out documents
+            if step != config.max_steps:
                 keep = np.searchsorted(np.cumsum([len(d) for d in docs]), config.eval_max_bytes) + 1
                 docs, lengths = docs[:keep], lengths[:keep]
-            bpb, n = evaluate(model, docs, lengths, config.seq_len, device=device)
+            bpb, n = evaluate(model, docs, lengths, T, device=device)
             return {"val_bpb": bpb, "val_bytes": n}
 
         if dist.is_main:
             pc = dataset.patch_config
             threshold = f" threshold {pc.entropy_threshold:.4f}" if pc.needs_entropy else ""
-            print(f"BLT: {count_params(model):,} params ({model.num_params(include_hash=False):,} without hash "
-                  f"tables); patching {pc.method}{threshold}, mean patch {mean_ps:.2f} bytes; train "
+            print(f"BLT: {count_params(model):,} params ({model.num_params(include_hash=False):,} without "
+                  f"hash tables); patching {pc.method}{threshold}, mean patch {mean_ps:.2f} bytes; train "
                   f"{len(dataset.train_docs)} docs {n_train:,} bytes, val {len(dataset.val_docs)} docs "
-                  f"{sum(map(len, dataset.val_docs)):,} bytes; device {device}, {dist.world_size} process(es)")
-        result = train_model(model, config, windows, out, device=device, dist=dist, resume=resume, compile=compile,
-                             evaluate=run_eval, meta=meta, desc="BLT",
-                             bytes_per_step=config.batch_size // dist.world_size * config.seq_len,
-                             postfix=lambda step: {"patch": f"{mean_ps:.2f}"})
+                  f"{sum(map(len, dataset.val_docs)):,} bytes; device {device}, {dist.world_size} "
+                  "process(es)")
+        result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
+                       start_step=start, evaluate=evaluate_held_out, meta=dataset.meta(),
+                       desc=f"BLT (patch {mean_ps:.2f})",
+                       bytes_per_step=config.batch_size // dist.world_size * T)
         final = result["evals"][-1] if result["evals"] else {}
-        fpb = flops_per_byte(model.config, mean_ps, config.seq_len)
+        fpb = flops_per_byte(model.config, mean_ps, T)
+        pc = dataset.patch_config
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "mean_patch_size": mean_ps, "params": count_params(model),
                 "params_without_hash": model.num_params(include_hash=False), "flops_per_byte": fpb,
-                "train_flops": 3 * fpb * config.batch_size * config.seq_len * config.max_steps,
-                "patching_flops_per_byte": dataset.patching_flops_per_byte, "bytes_per_s": result["bytes_per_s"],
-                "train_loss": result["loss"], "train_bytes": n_train, "checkpoint": out,
-                "patching": dataset.patch_config.method,
-                "threshold": dataset.patch_config.entropy_threshold if dataset.patch_config.needs_entropy else None,
+                "train_flops": 3 * fpb * config.batch_size * T * config.max_steps,
+                "patching_flops_per_byte": dataset.patching_flops_per_byte,
+                "bytes_per_s": result["bytes_per_s"],
+                "train_loss": result["loss"], "train_bytes": n_train, "checkpoint": out, "method": pc.method,
+                "entropy_threshold": pc.entropy_threshold if pc.needs_entropy else None,
                 "steps": config.max_steps, "evals": result["evals"]}
     finally:
         cleanup_distributed()
 
 
-def build_model(tcfg: TrainConfig, patch_config: PatchConfig | None = None, **overrides) -> BLTModel:
-    """A freshly initialised BLT for this run: the preset, seq_len as its row length, seeded init.
-
-    With an entropy-free patch_config, the model's default generation patching becomes that one, so
-    generate() without a patcher patches as training did (entropy patching needs the entropy model:
-    load_blt() returns the patcher for it).
-    """
-    if patch_config is not None and not patch_config.needs_entropy:
-        overrides = dict(patching=patch_config.method, patch_size=patch_config.patch_size,
-                         min_patch_size=patch_config.size_bounds[0], max_patch_size=patch_config.max_patch_size,
-                         **overrides)
-    seed_everything(tcfg.seed)
-    return BLTModel(BLTConfig.from_preset(tcfg.preset, max_seq_len=tcfg.seq_len, **overrides))
+def check_same_data(resume: str, dataset: PatchedDataset):
+    """A resumed run must patch the same training documents the same way with the same entropy model."""
+    saved = load_checkpoint(resume, "blt")["_extra_state"].get("meta") or {}
+    now = dataset.meta()
+    diff = [k for k in ("patch", "entropy_fingerprint", "train_data") if saved.get(k) != now[k]]
+    if diff:
+        names = {"patch": "patches", "entropy_fingerprint": "entropy model", "train_data": "training data"}
+        raise ValueError(f"{resume}: was trained with other {', '.join(names[k] for k in diff)}"
+                         + (f" (patch config {saved.get('patch')})" if "patch" in diff else ""))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Loading a trained BLT with its patching (for --eval and --generate)
 
 
-def load_blt(path: str, device="cpu"):
-    """(model, EntropyPatcher) from a BLT checkpoint: the patching it was trained with, entropy model included."""
-    from entropy_patcher import EntropyPatcher
-    from save_entropy_model import model_from_state
-
+def load_blt(path: str, device="cpu") -> BLTModel:
+    """The BLT saved at `path`, in eval mode, with `model.patcher` set to the patching it was trained with
+    (its entropy model loaded and checked against the fingerprint the checkpoint recorded)."""
     state = load_checkpoint(path, "blt")
     meta = state["_extra_state"].get("meta") or {}
-    model = model_from_state(state, path).to(device).eval()
-    if "patch_config" not in meta:
+    patch = meta.get("patch", meta.get("patch_config"))  # "patch_config": checkpoints before the redesign
+    if patch is None:
         raise CheckpointError(f"{path}: carries no patch config (not written by train_blt.py)")
-    pc = config_from_dict(PatchConfig, meta["patch_config"])
+    model = model_from_state(state, path).to(device).eval()
+    pc = config_from_dict(PatchConfig, patch)
     entropy_model = None
     if pc.needs_entropy:
-        epath = meta.get("entropy_model_path")
+        epath = meta.get("entropy_model", meta.get("entropy_model_path"))
         if not epath:
             raise CheckpointError(f"{path}: trained with entropy patching but names no entropy model")
         entropy_model = load_entropy_model(epath, device=device)
         if model_fingerprint(entropy_model) != meta.get("entropy_fingerprint"):
-            raise CheckpointError(f"{path}: its entropy model {epath} has changed since training (fingerprint differs)")
-    return model, EntropyPatcher(entropy_model, pc)
+            raise CheckpointError(f"{path}: its entropy model {epath} has changed since training "
+                                  "(fingerprint differs)")
+    model.patcher = patcher_from_meta(patch, entropy_model)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--entropy_model_path", default="entropy_model.pth", help="entropy model checkpoint")
-    p.add_argument("--train_entropy", action="store_true", help="train the entropy model first (on the same split)")
-    p.add_argument("--data", default="builtin", help="builtin | file | folder | hf:NAME[:CONFIG]")
-    p.add_argument("--quick_demo", action="store_true", help="a small run: a few minutes on a CPU")
-    p.add_argument("--train_preset", default=None, choices=sorted(TRAIN_PRESETS), help="named training settings")
-    p.add_argument("--out", default="blt_model.pth", help="checkpoint to write")
-    p.add_argument("--resume", default=None, help="checkpoint to continue training from")
-    p.add_argument("--report", default=None, help="write the figures as JSON here")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--eval", action="store_true", help="evaluate --checkpoint on every byte of --data")
+    add_run_args(p, BLT_PRESETS, out="blt_model.pth", model="BLT",
+                 quick_help="a small run: a few minutes on a CPU")
+    p.add_argument("--entropy_model_path", default="entropy_model.pth", help="the patcher's entropy model")
+    p.add_argument("--train_entropy", action="store_true", help="train that entropy model first (same split)")
     p.add_argument("--generate", action="store_true", help="continue --prompt with --checkpoint")
-    p.add_argument("--checkpoint", default=None, help="BLT checkpoint for --eval and --generate")
     p.add_argument("--prompt", default="", help="text to continue with --generate")
     p.add_argument("--max_new_bytes", type=int, default=200, help="bytes to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely bytes")
     p.add_argument("--show_patches", action="store_true", help="print where the patches of the output fall")
-    add_config_args(p, TrainConfig)
+    add_config_args(p, BLTConfig, aliases={"max_seq_len": ("seq_len",)})
+    add_config_args(p, PatchConfig, skip=("cache_patches", "cache_dir"), defaults=BLT_PATCHING,
+                    aliases={"method": ("patching",), "entropy_threshold": ("threshold",)})
+    add_config_args(p, TrainConfig, defaults=BLT_TRAINING)
     args = p.parse_args(argv)
     try:
         if args.generate or args.eval:
-            return _eval_or_generate(args, p)
-        fields = {}
-        if args.quick_demo:
-            fields.update(TRAIN_PRESETS["quick"])
-        if args.train_preset:
-            fields.update(TRAIN_PRESETS[args.train_preset])
-        tcfg = config_from_dict(TrainConfig, fields, **config_overrides(args, TrainConfig))
-        docs = load_corpus(args.data, max_bytes=tcfg.max_bytes)
+            return eval_or_generate(args, p)
+        mcfg = model_config(args.preset, args.quick_demo, **config_overrides(args, BLTConfig))
+        pcfg = patch_config(**config_overrides(args, PatchConfig))
+        tcfg = train_config(args.quick_demo, **config_overrides(args, TrainConfig))
+        docs = load_corpus(args.data, tcfg.max_bytes, text_field=args.text_field)
         entropy_model = None
-        if tcfg.needs_entropy:
+        if pcfg.needs_entropy:
             if args.train_entropy:
-                _train_entropy(args, docs)
+                train_entropy(args, docs)
             elif not os.path.exists(args.entropy_model_path):
-                raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model first with "
-                                      f"`python entropy_llm.py --quick_demo`, or add --train_entropy "
-                                      f"(or use --patching space|static|byte, which need none)")
+                raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model "
+                                      "first with `python entropy_llm.py --quick_demo`, or add "
+                                      "--train_entropy (or use --method space|static|byte, which need none)")
             entropy_model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
-        dataset = prepare_dataset(tcfg, docs, entropy_model, os.path.abspath(args.entropy_model_path))
-        model = build_model(tcfg, dataset.patch_config)
-        report = train_blt(model, dataset, tcfg, args.out, args.device, args.resume, args.compile)
-        if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 speaks for the job
+        dataset = prepare_dataset(docs, pcfg, entropy_model, os.path.abspath(args.entropy_model_path))
+        model = build_model(mcfg, tcfg.seed)
+        report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile)
+        if not is_main_process():  # torchrun: rank 0 speaks for the job
             return 0
         print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean patch "
-              f"{report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; saved {args.out}")
+              f"{report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; "
+              f"saved {args.out}")
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -458,39 +457,36 @@ def main(argv=None):
     return 0
 
 
-def _train_entropy(args, docs):
+def train_entropy(args, docs):
     """--train_entropy: the entropy model on this corpus's training documents (never its held-out ones)."""
-    from entropy_llm import build_config, train_entropy_model
-
     train_docs, val_docs = split_documents(docs)
-    ecfg = build_config("cpu", quick_demo=args.quick_demo)
-    rep = train_entropy_model(ecfg, train_docs, val_docs, args.entropy_model_path, args.device)
+    ecfg = entropy_llm.build_config("cpu", quick_demo=args.quick_demo)
+    rep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, args.entropy_model_path, args.device)
     print(f"entropy model: held-out {rep['val_bpb']:.4f} bits per byte; saved {args.entropy_model_path}")
 
 
-def _eval_or_generate(args, p) -> int:
-    from entropy_patcher import format_patches
-
+def eval_or_generate(args, p) -> int:
     if not args.checkpoint:
         p.error("--eval and --generate need --checkpoint")
-    device = pick_device(args.device)
-    model, patcher = load_blt(args.checkpoint, device)
+    model = load_blt(args.checkpoint, pick_device(args.device))
     if args.eval:
-        docs = load_corpus(args.data, max_bytes=args.max_bytes)
+        docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
         t0 = time.perf_counter()
-        lengths = patcher.document_patch_lengths(docs)
+        lengths = model.patcher.document_patch_lengths(docs)
         bpb, n = evaluate(model, docs, lengths, model.config.max_seq_len)
         report = {"val_bpb": bpb, "num_bytes": n, "mean_patch_size": n / sum(map(len, lengths)),
-                  "bytes_per_s": n / (time.perf_counter() - t0), "checkpoint": args.checkpoint, "data": args.data}
-        print(f"{args.data}: {bpb:.4f} bits per byte over {n:,} bytes (mean patch {report['mean_patch_size']:.2f})")
+                  "bytes_per_s": n / (time.perf_counter() - t0), "checkpoint": args.checkpoint,
+                  "data": args.data}
+        print(f"{args.data}: {bpb:.4f} bits per byte over {n:,} bytes "
+              f"(mean patch {report['mean_patch_size']:.2f})")
     else:
         prompt = args.prompt.encode("utf-8")
         t0 = time.perf_counter()
-        new = model.generate(prompt, args.max_new_bytes, patcher=patcher, temperature=args.temperature,
-                             top_k=args.top_k, seed=args.seed)
+        new = model.generate(prompt, args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,
+                             seed=getattr(args, "seed", None))
         dt = time.perf_counter() - t0
         text = (prompt + new).decode("utf-8", errors="replace")
-        print(format_patches(patcher.create_patches(prompt + new)) if args.show_patches else text)
+        print(format_patches(model.patcher.create_patches(prompt + new)) if args.show_patches else text)
         report = {"prompt": args.prompt, "output": new.decode("utf-8", errors="replace"),
                   "bytes_per_s": len(new) / dt if dt > 0 else float("nan")}
     write_report(args.report, report)
