@@ -488,7 +488,7 @@ def eval_or_generate(args, p) -> int:
         text = (prompt + new).decode("utf-8", errors="replace")
         print(format_patches(model.patcher.create_patches(prompt + new)) if args.show_patches else text)
         report = {"prompt": args.prompt, "output": new.decode("utf-8", errors="replace"),
-                  "bytes_per_s": len(new) / dt if dt > 0 else float("nan")}
+                  "new_bytes": len(new), "bytes_per_s": len(new) / dt if dt > 0 else float("nan")}
     write_report(args.report, report)
     return 0
 
