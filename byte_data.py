@@ -427,7 +427,7 @@ def _digest(doc: bytes) -> str:
     return hashlib.sha256(doc).hexdigest()[:16]
 
 
-def block_digests(doc: bytes, start: int = 0) -> list[bytes]:
+def block_digests(doc: bytes, start: int = 0) -> list[str]:
     """Hex digests (64 bits) of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of
     the block size, from the document's first byte) at or after `start`."""
     first = -(-start // BLOCK_BYTES) * BLOCK_BYTES
@@ -458,11 +458,12 @@ def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[byte
     whole = {entry[0] for entry in trained_on}
     blocks = {packed[o:o + BLOCK_DIGEST] for *_, packed in (e for e in trained_on if len(e) > 2)
               for o in range(0, len(packed), BLOCK_DIGEST)}
+    docs = list(dict.fromkeys(docs))  # as split_documents sees them
     one_doc = len(docs) == 1 and bool(val_docs)
     cut = len(docs[0]) - len(val_docs[0]) if one_doc else 0
     if blocks:  # blocks this split itself trains on are shared content, not a leak
         val_set = set(val_docs)
-        own_train = [docs[0][:cut]] if one_doc else [d for d in dict.fromkeys(docs) if d not in val_set]
+        own_train = [docs[0][:cut]] if one_doc else [d for d in docs if d not in val_set]
         blocks -= {b for d in own_train for b in block_digests(d)}
     count = 0
     for v in val_docs:

@@ -121,6 +121,7 @@ def test_held_out_check_catches_a_model_trained_on_a_longer_cut_of_one_document(
     assert held_out_seen(document_digests(train_s), small, val_s) == 0
     assert held_out_seen(document_digests(train_l), large, val_l) == 0
     assert held_out_seen(document_digests(large), small, val_s) == 1  # trained on all of it
+    assert held_out_seen(document_digests(train_l), small * 2, val_s) == 1  # duplicates: still one document
 
 
 def test_held_out_check_catches_a_one_document_head_of_a_held_out_document(tmp_path):
