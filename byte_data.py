@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 VAL_EVERY = 10  # about 1 document in 10 is held out, chosen by its content hash
-BLOCK_BYTES = 2048  # held-out check: documents are also recorded as digests of aligned 2 KB blocks
-BLOCK_DIGEST = 8  # bytes per block digest: 4 bytes of record per KB trained on
+BLOCK_BYTES = 4096  # held-out check: documents are also recorded as digests of aligned 4 KB blocks
+BLOCK_DIGEST = 16  # hex characters per block digest (64 bits): 4 bytes of record per KB trained on
 LOCAL_DATASET_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 # A top-level wikitext heading, " = Title = \n", starts an article; " = = Section = = \n" does not.
 ARTICLE_HEADING = re.compile(r" = [^=](?:.*[^=])? = \n?")
@@ -427,21 +427,22 @@ def _digest(doc: bytes) -> str:
     return hashlib.sha256(doc).hexdigest()[:16]
 
 
-def block_digests(doc: bytes, start: int = 0) -> list[bytes]:
-    """8-byte digests of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of the
-    block size, from the document's first byte) at or after `start`."""
+def block_digests(doc: bytes, start: int = 0) -> list[str]:
+    """Hex digests (64 bits) of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of
+    the block size, from the document's first byte) at or after `start`."""
     first = -(-start // BLOCK_BYTES) * BLOCK_BYTES
-    return [hashlib.sha256(doc[o:o + BLOCK_BYTES]).digest()[:BLOCK_DIGEST]
+    return [hashlib.sha256(doc[o:o + BLOCK_BYTES]).hexdigest()[:BLOCK_DIGEST]
             for o in range(first, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES)]
 
 
 def document_digests(docs: list[bytes]) -> list[list]:
     """[sha256 prefix, length, block digests] of each document: a compact record of what a model trained on.
 
-    The block digests (bytes, 8 per aligned 2 KB block) let held_out_seen notice a model that trained on
-    another cut of the same document, whose copy has another whole-document digest.
+    The block digests (one string, 16 hex characters per aligned 4 KB block; a string, not bytes, so that
+    torch.load(weights_only=True) reads it) let held_out_seen notice a model that trained on another cut
+    of the same document, whose copy has another whole-document digest.
     """
-    return [[_digest(d), len(d), b"".join(block_digests(d))] for d in docs]
+    return [[_digest(d), len(d), "".join(block_digests(d))] for d in docs]
 
 
 def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[bytes]) -> int:
@@ -452,16 +453,17 @@ def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[byte
     tail), unless this corpus's own training documents hold that same block too; and, for a one-document
     corpus, when the model trained on a prefix of that document reaching into the tail. Block checks need
     a record with block digests; old records ([digest, length] only) get the other two checks. An overlap
-    shorter than two blocks (4 KB) can go unnoticed.
+    shorter than two blocks (8 KB) can go unnoticed.
     """
     whole = {entry[0] for entry in trained_on}
     blocks = {packed[o:o + BLOCK_DIGEST] for *_, packed in (e for e in trained_on if len(e) > 2)
               for o in range(0, len(packed), BLOCK_DIGEST)}
+    docs = list(dict.fromkeys(docs))  # as split_documents sees them
     one_doc = len(docs) == 1 and bool(val_docs)
     cut = len(docs[0]) - len(val_docs[0]) if one_doc else 0
     if blocks:  # blocks this split itself trains on are shared content, not a leak
         val_set = set(val_docs)
-        own_train = [docs[0][:cut]] if one_doc else [d for d in dict.fromkeys(docs) if d not in val_set]
+        own_train = [docs[0][:cut]] if one_doc else [d for d in docs if d not in val_set]
         blocks -= {b for d in own_train for b in block_digests(d)}
     count = 0
     for v in val_docs:

@@ -9,6 +9,7 @@ import tokenize
 
 import numpy as np
 import pytest
+import torch
 
 from byte_data import (
     DataError,
@@ -110,30 +111,33 @@ def test_a_cap_keeps_whole_documents_so_no_cut_leaks_into_another(tmp_path):
 
 def test_held_out_check_catches_a_model_trained_on_a_longer_cut_of_one_document(tmp_path):
     path = tmp_path / "one.bin"
-    path.write_bytes(random_bytes(100_000, seed=3))
-    small, large = load_corpus(str(path), max_bytes=60_000), load_corpus(str(path))
+    path.write_bytes(random_bytes(200_000, seed=3))
+    small, large = load_corpus(str(path), max_bytes=120_000), load_corpus(str(path))
     (train_s, val_s), (train_l, val_l) = split_documents(small), split_documents(large)
-    assert len(small) == 1 and len(small[0]) == 60_000 and len(val_s[0]) == 6_000
-    # the long cut trained on bytes 0..90,000, which hold this cut's whole tail (54,000..60,000)
+    assert len(small) == 1 and len(small[0]) == 120_000 and len(val_s[0]) == 12_000
+    # the long cut trained on bytes 0..180,000, which hold this cut's whole tail (108,000..120,000)
     assert held_out_seen(document_digests(train_l), small, val_s) == 1
-    assert held_out_seen(document_digests(train_s), large, val_l) == 0  # 0..54,000 misses 90,000..
+    assert held_out_seen(document_digests(train_s), large, val_l) == 0  # 0..108,000 misses 180,000..
     assert held_out_seen(document_digests(train_s), small, val_s) == 0
     assert held_out_seen(document_digests(train_l), large, val_l) == 0
     assert held_out_seen(document_digests(large), small, val_s) == 1  # trained on all of it
+    assert held_out_seen(document_digests(train_l), small * 2, val_s) == 1  # duplicates: still one document
 
 
-def test_held_out_check_catches_a_one_document_head_of_a_held_out_document():
+def test_held_out_check_catches_a_one_document_head_of_a_held_out_document(tmp_path):
     first = held_out_random_bytes(50_000, want=True)
     docs = [first] + [held_out_random_bytes(5_000, want=False, seed=100 + 10 * i) for i in range(5)]
     train, val = split_documents(docs)
     assert val == [first]
     head_model = document_digests(split_documents([first[:30_000]])[0])  # a cap inside the first document
+    torch.save(head_model, tmp_path / "record.pt")  # the record lives in checkpoints read with weights_only
+    assert torch.load(tmp_path / "record.pt", weights_only=True) == head_model
     assert held_out_seen(head_model, docs, val) == 1
     assert held_out_seen(document_digests(train), docs, val) == 0
 
 
 def test_shared_blocks_of_this_split_are_not_a_leak():
-    prefix = random_bytes(8192, seed=9)
+    prefix = random_bytes(3 * 4096, seed=9)
     a = next(d for s in itertools.count() if held_out(d := prefix + random_bytes(3000, 1000 + s)))
     b = next(d for s in itertools.count() if not held_out(d := prefix + random_bytes(3000, 5000 + s)))
     docs = [a, b, *synthetic_docs(20)]
