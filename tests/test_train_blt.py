@@ -13,8 +13,16 @@ import train_blt
 from byte_data import load_corpus
 from entropy_llm import EntropyConfig, MinimalLLM
 from save_entropy_model import load_checkpoint, load_entropy_model, save_checkpoint
-from train_blt import PatchedWindows, build_model, eval_windows, load_blt, model_config, patch_config
-from train_blt import prepare_dataset, train_config
+from train_blt import (
+    PatchedWindows,
+    build_model,
+    eval_windows,
+    load_blt,
+    model_config,
+    patch_config,
+    prepare_dataset,
+    train_config,
+)
 from train_blt import train_blt as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +31,8 @@ TINY_FLAGS = ["--preset", "tiny", "--max_patch_size", "16", "--batch_size", "4",
 
 
 def tiny_train(**kw):
-    small = dict(max_bytes=60_000, batch_size=4, max_steps=8, eval_interval=0, ckpt_interval=0, warmup_steps=2,
-                 eval_max_bytes=5_000)
+    small = dict(max_bytes=60_000, batch_size=4, max_steps=8, eval_interval=0, ckpt_interval=0,
+                 warmup_steps=2, eval_max_bytes=5_000)
     return train_config(**{**small, **kw})
 
 
