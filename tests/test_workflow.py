@@ -7,7 +7,12 @@ import pytest
 import complete_entropy_workflow as wf
 import template_llm
 
+TINY_STUDY = ["--template_preset", "tiny", "--blt_preset", "tiny", "--entropy_preset", "tiny",
+              "--entropy_steps", "20", "--max_bytes", "60000", "--flops_budget", "5e9",
+              "--bpe_vocab_size", "300", "--eval_points", "2"]
 
+
+@pytest.mark.slow
 def test_study_end_to_end_matched_budgets_and_a_clean_bpe(tmp_path, monkeypatch):
     seen = []
     build = template_llm.build_tokenizer
@@ -19,7 +24,7 @@ def test_study_end_to_end_matched_budgets_and_a_clean_bpe(tmp_path, monkeypatch)
     monkeypatch.setattr(template_llm, "build_tokenizer", spy)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "study"
-    code = wf.main(["--preset", "tiny", "--train_entropy", "--out", str(out),
+    code = wf.main([*TINY_STUDY, "--train_entropy", "--out", str(out),
                     "--entropy_model_path", str(tmp_path / "e.pth"), "--report", str(tmp_path / "r.json")])
     assert code == 0
     summary = json.load(open(out / "results.json"))
@@ -51,6 +56,8 @@ def test_study_end_to_end_matched_budgets_and_a_clean_bpe(tmp_path, monkeypatch)
 def test_unknown_run_and_missing_entropy_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         wf.main(["--runs", "byte,nonsense"])
-    code = wf.main(["--preset", "tiny", "--runs", "blt-entropy-global", "--out", str(tmp_path / "s"),
+    with pytest.raises(SystemExit):
+        wf.main(["--preset", "tiny"])  # the study's settings are its own flags, not a model size
+    code = wf.main([*TINY_STUDY, "--runs", "blt-entropy-global", "--out", str(tmp_path / "s"),
                     "--entropy_model_path", str(tmp_path / "none.pth")])
     assert code == 2 and "--train_entropy" in capsys.readouterr().err
