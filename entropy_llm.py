@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from byte_data import ByteWindows, DataError, document_digests, load_corpus, split_documents
 from common import (
@@ -114,20 +115,19 @@ def entropy_windows(n: int, W: int) -> list[tuple[int, int, int]]:
 
 
 @torch.inference_mode()
-def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, show_progress: bool | None = None,
-                    unit: str = "B"):
+def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
+                    show_progress: bool | None = None, unit: str = "B"):
     """Per sequence: entropy (nats, float32) and, with want_nll, -log p (nats, float64) at every position.
 
     `seqs` are bytes or 1-D integer arrays of token ids; `model` is any CausalLM-style model whose
     logits[:, t] predict id t. Sequences longer than the model's window are scored in overlapping
     windows (see entropy_windows); windows of all sequences share batches, each in its own row.
     """
-    from tqdm import tqdm
-
     model.eval()
     W = model.config.max_seq_len
     device = next(model.parameters()).device
-    arrays = [np.frombuffer(s, dtype=np.uint8) if isinstance(s, (bytes, bytearray)) else np.asarray(s) for s in seqs]
+    arrays = [np.frombuffer(s, dtype=np.uint8) if isinstance(s, (bytes, bytearray)) else np.asarray(s)
+              for s in seqs]
     ent = [np.zeros(len(a), dtype=np.float32) for a in arrays]
     nll = [np.zeros(len(a), dtype=np.float64) for a in arrays] if want_nll else None
     jobs = [(i, *w) for i, a in enumerate(arrays) if len(a) for w in entropy_windows(len(a), W)]
@@ -141,7 +141,7 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, s
         for r, (i, s, _, e) in enumerate(chunk):
             x[r, : e - s] = arrays[i][s:e]
         xt = torch.from_numpy(x).to(device)
-        logits, _ = model(xt)  # fp32 even on CUDA: generation's streaming entropies are fp32, patches must agree
+        logits, _ = model(xt)  # fp32 even on CUDA: generation streams fp32 entropies, patches must agree
         logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         h = -(logp.exp() * logp).sum(-1).cpu().numpy()  # (B, T)
         if want_nll:
@@ -161,7 +161,8 @@ def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want
     return score_sequences(model, docs, batch_size, want_nll, show_progress)
 
 
-def compute_entropies(model: MinimalLLM, data, batch_size: int | None = None, show_progress: bool | None = None):
+def compute_entropies(model: MinimalLLM, data, batch_size: int | None = None,
+                      show_progress: bool | None = None):
     """H[i] in nats for every byte: one float32 array for `bytes`, a list of arrays for a list of documents.
 
     batch_size windows per forward: by default 8 on a CPU (larger batches overflow its caches and run
