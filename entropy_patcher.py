@@ -688,17 +688,44 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     return out
 
 
-def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None) -> PatchConfig:
-    """`config` with a None entropy_threshold resolved: the threshold that gives target_patch_size bytes per
-    patch on train_docs (calibrate_threshold, each method by its own rule). Entropy-free methods and
-    configs with a threshold come back unchanged. Entropies are read from config's cache when not given."""
+def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None, tol: float = 0.05) -> PatchConfig:
+    """`config` with a None entropy_threshold resolved so that patches average target_patch_size bytes on
+    train_docs (within tol). global and monotonic: calibrate_threshold. global_monotonic, its own
+    two-threshold rule: both thresholds at the same quantile q of their scores (H[i], and H[i] - H[i-1]),
+    q found by bisection, so the target is reachable whatever monotonic_threshold was. Entropy-free methods
+    and configs with a threshold come back unchanged; entropies come from config's cache when not given."""
     if not config.needs_entropy or config.entropy_threshold is not None:
         return config
     docs = _documents(train_docs)
     if entropies is None:
         entropies = cached_entropies(entropy_model, docs, config.cache_dir if config.cache_patches else None)
-    t = calibrate_threshold(None, docs, config.target_patch_size, config.method, config, entropies)
-    return dataclasses.replace(config, entropy_threshold=t)
+    target = config.target_patch_size
+    if config.method != "global_monotonic":
+        t = calibrate_threshold(None, docs, target, config.method, config, entropies, tol)
+        return dataclasses.replace(config, entropy_threshold=t)
+    hs = [np.asarray(h, dtype=np.float64) for h in entropies]
+    h_all = np.concatenate([h[1:] for h in hs] or [np.zeros(0)])  # byte 0 always starts
+    d_all = np.concatenate([np.diff(h) for h in hs] or [np.zeros(0)])
+    if h_all.size == 0:
+        raise CalibrationError("cannot calibrate global_monotonic on documents of at most one byte")
+
+    def at(q: float) -> PatchConfig:  # the fraction q of each score lies at or below its threshold
+        return dataclasses.replace(config, entropy_threshold=float(np.quantile(h_all, q, method="lower")),
+                                   monotonic_threshold=float(np.quantile(d_all, q, method="lower")))
+
+    def mean(q: float) -> float:  # never decreases as q rises: fewer candidates, longer patches
+        return _mean_patch_size(hs, docs, at(q))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # q to 1e-12: far below the gap between neighbouring ranks of any real corpus
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda q: abs(mean(q) - target))
+    if abs(mean(best) - target) > tol * target:
+        raise CalibrationError(f"no global_monotonic thresholds give a mean patch size within {tol:.0%} of "
+                               f"{target}: reachable {mean(0.0):.3f} .. {mean(1.0):.3f}, "
+                               f"{mean(lo):.3f} -> {mean(hi):.3f} at the jump")
+    return at(best)
 
 
 # ----------------------------------------------------------------------------------------------------
