@@ -39,9 +39,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (Attention, Block, CarriesConfig, KVCache, RMSNorm, Rotary, apply_rotary, block_flops_per_token,
-                    causal_context, config_from_dict, count_params, init_weights, mlp_hidden, run_blocks,
-                    scale_residual_init)
+from common import (
+    Attention,
+    Block,
+    CarriesConfig,
+    KVCache,
+    RMSNorm,
+    Rotary,
+    apply_rotary,
+    block_flops_per_token,
+    causal_context,
+    config_from_dict,
+    count_params,
+    init_weights,
+    mlp_hidden,
+    run_blocks,
+    scale_residual_init,
+)
 
 V = 256  # byte classes
 

@@ -374,14 +374,25 @@ class PatchStream:
         self.decision = None
 
     def prefill(self, data) -> list[bool]:
-        """Feed `data` (bytes); returns the start flag of each of its bytes. Entropies in one batched pass."""
+        """Feed `data` (bytes); returns the start flag of each of its bytes. On a fresh stream this is the
+        batch rule (entropies in one batched pass), after which the stream continues byte by byte."""
         data = bytes(data)
         H = compute_entropies(self.entropy.model, data) if self.entropy is not None and data else None
-        starts = []
-        for i, b in enumerate(data):
-            starts.append(self.decide(None if H is None else float(H[i])))
-            self.push(b)
-        return starts
+        if self.position or self.decision is not None or not data:  # mid-sequence: byte by byte
+            starts = []
+            for i, b in enumerate(data):
+                starts.append(self.decide(None if H is None else float(H[i])))
+                self.push(b)
+            return starts
+        lengths = patch_lengths_from_entropies(H, data, self.config)
+        flags = np.zeros(len(data), dtype=bool)
+        flags[np.cumsum(lengths) - lengths] = True
+        self.position, self.patch_length = len(data), int(lengths[-1])
+        self.last = np.frombuffer(data[-2:], dtype=np.uint8).copy()
+        self.prev_entropy = None if H is None else float(H[-1])
+        if self.entropy is not None:
+            self.entropy.history.extend(data)
+        return flags.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,10 +13,25 @@ from hypothesis import strategies as st
 
 import entropy_patcher as ep
 from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies
-from entropy_patcher import (ENTROPY_METHODS, METHODS, CalibrationError, EntropyPatcher, PatchConfig, PatchStream,
-                             analyze_entropy_distribution, cached_entropies, calibrate, calibrate_threshold,
-                             entropy_cache_path, patch_lengths_batch, patch_lengths_from_entropies, patch_start_mask,
-                             patcher_from_meta, split_patches, starts_to_lengths)
+from entropy_patcher import (
+    ENTROPY_METHODS,
+    METHODS,
+    CalibrationError,
+    EntropyPatcher,
+    PatchConfig,
+    PatchStream,
+    analyze_entropy_distribution,
+    cached_entropies,
+    calibrate,
+    calibrate_threshold,
+    entropy_cache_path,
+    patch_lengths_batch,
+    patch_lengths_from_entropies,
+    patch_start_mask,
+    patcher_from_meta,
+    split_patches,
+    starts_to_lengths,
+)
 from patch_pictures import format_patches, plot_entropies, terminal_view, write_html
 
 FAST = settings(max_examples=150, deadline=None)
