@@ -3,8 +3,8 @@ Than Tokens"): a light local encoder turns bytes into patches, a heavy global tr
 patches, a light local decoder turns patch states back into next-byte predictions.
 
     from blt_model import BLTConfig, BLTModel, flops_per_byte
-    model = BLTModel(BLTConfig())                             # CPU-sized default; BLTConfig.from_preset("paper-8b-ish")
-    logits, loss = model(idx, patch_lengths, targets=idx)     # logits[:, t] predicts idx[:, t] from idx[:, :t]
+    model = BLTModel(BLTConfig())                          # CPU-sized; BLTConfig.from_preset("paper-8b-ish")
+    logits, loss = model(idx, patch_lengths, targets=idx)  # logits[:, t] predicts idx[:, t] from idx[:, :t]
     new = model.generate(b"The ", 100, patcher=entropy_patcher, temperature=0)
 
 No training loop here (train_blt.py has it).
@@ -33,13 +33,29 @@ C local width (encoder or decoder), D global width, H heads, Dh head dim, S keys
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (Attention, Block, CarriesConfig, KVCache, RMSNorm, Rotary, apply_rotary, block_flops_per_token,
-                    causal_context, config_from_dict, count_params, init_weights, mlp_hidden, scale_residual_init)
+from common import (
+    Attention,
+    Block,
+    CarriesConfig,
+    KVCache,
+    RMSNorm,
+    Rotary,
+    apply_rotary,
+    block_flops_per_token,
+    causal_context,
+    config_from_dict,
+    count_params,
+    init_weights,
+    mlp_hidden,
+    run_blocks,
+    scale_residual_init,
+)
 
 V = 256  # byte classes
 
@@ -76,11 +92,10 @@ class BLTConfig:
     cross_attn_k: int = 2  # queries per patch in the encoder, keys per patch in the decoder (BLT's k)
     local_window: int = 128  # bytes a local self-attention query sees (itself and window-1 before it)
     max_seq_len: int = 1024  # bytes per training row; sizes the rotary tables and the FLOP count
-    # patching used by generate() when no patcher is given (entropy-free methods only)
-    patching: str = "space"  # "space", "static" or "byte" (DESIGN.md, "Patch starts")
-    patch_size: int = 4  # bytes per patch for "static"
-    min_patch_size: int = 1  # bytes; a patch start is ignored while the current patch is shorter
-    max_patch_size: int = 16  # bytes; a start is forced when the current patch reaches this length
+
+    # fields of version-1 checkpoints that moved to the patcher (its PatchConfig rides in the checkpoint
+    # metadata): dropped silently when an old config dict is loaded
+    retired_fields: ClassVar[tuple[str, ...]] = ("patching", "patch_size", "min_patch_size", "max_patch_size")
 
     def __post_init__(self):
         self.ngram_sizes = tuple(int(n) for n in self.ngram_sizes)
@@ -96,19 +111,17 @@ class BLTConfig:
             raise ValueError("hash_table_size must be positive")
         if min(self.cross_attn_k, self.local_window, self.max_seq_len) < 1:
             raise ValueError("cross_attn_k, local_window and max_seq_len must be positive")
-        if self.patching not in ("space", "static", "byte"):
-            raise ValueError(f"patching must be 'space', 'static' or 'byte' (entropy patching needs a patcher "
-                             f"with an entropy model), got {self.patching!r}")
-        if min(self.patch_size, self.min_patch_size, self.max_patch_size) < 1:
-            raise ValueError("patch_size, min_patch_size and max_patch_size must be positive")
-        if self.min_patch_size > self.max_patch_size:
-            raise ValueError(f"min_patch_size {self.min_patch_size} > max_patch_size {self.max_patch_size}")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "BLTConfig":
+    def from_preset(cls, name: str, **overrides) -> BLTConfig:
         if name not in BLT_PRESETS:
             raise ValueError(f"unknown BLT preset {name!r}; choose from {', '.join(BLT_PRESETS)}")
         return config_from_dict(cls, BLT_PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BLTConfig:
+        """A config from a checkpoint's dict: retired_fields are dropped, any other unknown key fails."""
+        return config_from_dict(cls, {k: v for k, v in d.items() if k not in cls.retired_fields})
 
 
 # Named sizes. "cpu" is the default; the larger ones are for GPUs. "paper-8b-ish" is the seed README's
@@ -150,7 +163,7 @@ def ngram_hash_ids(idx: torch.Tensor, n: int, table_size: int) -> torch.Tensor:
 
 
 def last_ngram_hash_ids(history: bytes, sizes: tuple[int, ...], table_size: int) -> list[int]:
-    """ngram_hash_ids at the last position of `history` only, in plain Python (one byte per generation step)."""
+    """ngram_hash_ids at the last position of `history` only, in plain Python (one generation step)."""
     out = []
     for n in sizes:
         h = 0
@@ -170,15 +183,17 @@ def patch_ids_from_lengths(patch_lengths: torch.Tensor, T: int) -> torch.Tensor:
 def check_patch_lengths(idx: torch.Tensor, patch_lengths: torch.Tensor):
     """Readable errors for lengths that cannot describe these bytes."""
     if patch_lengths.dim() != 2 or patch_lengths.size(0) != idx.size(0):
-        raise ValueError(f"patch_lengths must be (B, P) with B = {idx.size(0)}, got {tuple(patch_lengths.shape)}")
+        raise ValueError(f"patch_lengths must be (B, P) with B = {idx.size(0)}, "
+                         f"got {tuple(patch_lengths.shape)}")
     if patch_lengths.numel() and bool((patch_lengths < 0).any()):
         raise ValueError("patch_lengths must be non-negative")
     if patch_lengths.numel() and int(patch_lengths.sum(1).max()) > idx.size(1):
-        raise ValueError(f"patch_lengths cover {int(patch_lengths.sum(1).max())} bytes but rows hold {idx.size(1)}")
+        covered = int(patch_lengths.sum(1).max())
+        raise ValueError(f"patch_lengths cover {covered} bytes but rows hold {idx.size(1)}")
 
 
 def window_mask(q_pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
-    """(t,) absolute query positions, S keys at positions 0..S-1 -> (t, S) bool: causal, last `window` keys."""
+    """(t,) absolute query positions, S keys at 0..S-1 -> (t, S) bool: causal, the last `window` keys."""
     k = torch.arange(S, device=q_pos.device)
     d = q_pos.view(-1, 1) - k.view(1, -1)  # (t, S): how far back each key is
     return (d >= 0) & (d < window)
@@ -219,7 +234,8 @@ class WindowAttention(Attention):
         # keys of block i: block i-1 then block i (2W keys)
         k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)
                 .view(B, H * n, 2 * W, Dh) for a in (k, v))
-        # key c of block i sits at i*W - W + c, query r at i*W + r: visible iff 0 <= r + W - c < W and key >= 0
+        # key c of block i sits at i*W - W + c, query r at i*W + r:
+        # visible iff 0 <= r + W - c < W and key >= 0
         r = torch.arange(W, device=x.device).view(W, 1)
         c = torch.arange(2 * W, device=x.device).view(1, 2 * W)
         blk = torch.arange(n, device=x.device).view(n, 1, 1)
@@ -295,11 +311,8 @@ class LocalEncoder(nn.Module):
 
     def byte_states(self, x, caches: list[KVCache] | None = None):
         """(B, t, C) embeddings -> (B, t, C) byte states; with caches, the t bytes follow the cached ones."""
-        pos0 = caches[0].len if caches else 0
-        cos, sin = self.rotary(torch.arange(pos0, pos0 + x.size(1), device=x.device))
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache=caches[i] if caches else None)
-        return x
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
+        return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
     def patch_states(self, h, patch_ids, patch_lengths):
         """(B, T, C) byte states, (B, T) patch ids, (B, P) lengths -> (B, P, K*C); empty patches give 0."""
@@ -307,7 +320,8 @@ class LocalEncoder(nn.Module):
         P, K = patch_lengths.size(1), self.K
         # max-pool each patch's bytes; padding bytes go to the extra slot P, which is dropped
         pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
-            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False)[:, :P]  # (B, P, C)
+            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False
+        )[:, :P]  # (B, P, C)
         q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
         q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
         mask = q_patch.view(1, -1, 1) == patch_ids.unsqueeze(1)  # (B, P*K, T): queries see their own bytes
@@ -331,11 +345,8 @@ class GlobalTransformer(nn.Module):
 
     def forward(self, p, caches: list[KVCache] | None = None):
         x = self.in_proj(p)  # (B, P, D)
-        pos0 = caches[0].len if caches else 0
-        cos, sin = self.rotary(torch.arange(pos0, pos0 + x.size(1), device=x.device))
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache=caches[i] if caches else None)
-        return self.norm(x)  # (B, P, D)
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
+        return self.norm(run_blocks(self.blocks, x, cos, sin, caches=caches))  # (B, P, D)
 
 
 class LocalDecoder(nn.Module):
@@ -355,7 +366,8 @@ class LocalDecoder(nn.Module):
         self.in_proj = nn.Linear(config.encoder_dim, C, bias=False)
         self.patch_proj = nn.Linear(config.global_dim, self.K * C, bias=False)
         self.rotary = Rotary(C // config.decoder_heads, config.max_seq_len)
-        self.cross = nn.ModuleList(CrossAttention(C, config.decoder_heads) for _ in range(config.decoder_layers))
+        self.cross = nn.ModuleList(CrossAttention(C, config.decoder_heads)
+                                   for _ in range(config.decoder_layers))
         self.blocks = nn.ModuleList(LocalBlock(C, config.decoder_heads, config.local_window)
                                     for _ in range(config.decoder_layers))
         self.norm = RMSNorm(C)
@@ -379,8 +391,7 @@ class LocalDecoder(nn.Module):
 
     def forward(self, x, kv_src=None, cross_mask=None, caches: list[KVCache] | None = None, cross_kv=None):
         """(B, t, C) inputs -> (B, t, V) logits. Keys come from kv_src (B, S, C) or from cached cross_kv."""
-        pos0 = caches[0].len if caches else 0
-        cos, sin = self.rotary(torch.arange(pos0, pos0 + x.size(1), device=x.device))
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
         for i, (cross, block) in enumerate(zip(self.cross, self.blocks)):
             x = x + cross(x, kv_src, mask=cross_mask, kv=cross_kv[i] if cross_kv else None)
             x = block(x, cos, sin, cache=caches[i] if caches else None)
@@ -388,7 +399,8 @@ class LocalDecoder(nn.Module):
 
 
 class BLTModel(CarriesConfig, nn.Module):
-    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V), loss).
+    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V),
+    loss).
 
     patch_lengths are right-padded with zeros; a row's lengths sum to its number of real bytes (bytes past
     that are padding: give them target -100). logits[:, t] predicts byte t from bytes < t (see the module
@@ -413,20 +425,23 @@ class BLTModel(CarriesConfig, nn.Module):
             scale_residual_init(stack.blocks, n)
         nn.init.normal_(self.decoder.start, std=0.02)
         nn.init.normal_(self.decoder.global_start, std=0.02)
+        self.patcher = None  # what generate() patches with by default (the checkpoint loader sets it)
 
     def forward(self, idx, patch_lengths, targets=None):
         check_patch_lengths(idx, patch_lengths)
         B, T = idx.shape
         if T == 0:  # nothing to predict (and no byte for a patch query to attend to)
             logits = self.decoder.head.weight.new_zeros(B, 0, V)
-            return logits, None if targets is None else F.cross_entropy(logits.view(0, V), targets.reshape(-1))
+            loss = None if targets is None else F.cross_entropy(logits.view(0, V), targets.reshape(-1))
+            return logits, loss
         P = patch_lengths.size(1)
         patch_ids = patch_ids_from_lengths(patch_lengths, T)  # (B, T)
         h = self.encoder.byte_states(self.encoder.embed(idx))  # (B, T, C)
         p = self.encoder.patch_states(h, patch_ids, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
-        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j' iff e <= j'
+        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j'
+        # iff e <= j'
         key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
         cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
@@ -442,19 +457,20 @@ class BLTModel(CarriesConfig, nn.Module):
     def flops_per_byte(self, mean_patch_size: float, seq_len: int | None = None) -> float:
         return flops_per_byte(self.config, mean_patch_size, seq_len)
 
-    # --- generation
+    # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
 
     @torch.inference_mode()
     def generate(self, prompt: bytes, max_new_bytes: int, patcher=None, temperature: float = 1.0,
                  top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
         """Sample max_new_bytes bytes after `prompt`; returns only the new bytes.
 
-        Bytes come one at a time. Before each byte is known, the patcher (an entropy_patcher.EntropyPatcher,
-        or the config's entropy-free default patching when None) decides whether it starts a patch, by the
-        causal rule used for training. use_cache=True keeps KV caches for the entropy model, the encoder,
-        the global transformer and the decoder, and steps the global model once per closed patch;
-        use_cache=False reruns the entropy model, the patcher and the whole BLT on the growing sequence.
-        temperature=0 is greedy; both paths then give the same bytes.
+        `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
+        is known, whether it starts a patch, by the causal rule used for training; None means
+        self.patcher (set by the checkpoint loader to the patching the model was trained with).
+        use_cache=True keeps KV caches for the encoder, the global transformer and the decoder (and the
+        stream its own for the entropy model) and steps the global model once per closed patch;
+        use_cache=False reruns a fresh stream and the whole BLT on the growing sequence. temperature=0 is
+        greedy; both paths then give the same bytes.
         """
         if max_new_bytes < 0:
             raise ValueError("max_new_bytes must be non-negative")
@@ -462,8 +478,11 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("temperature must be non-negative")
         if isinstance(prompt, str):
             raise TypeError("prompt must be bytes (encode text first, e.g. text.encode('utf-8'))")
+        patcher = patcher if patcher is not None else self.patcher
+        if patcher is None:
+            raise ValueError("generate() needs the patching the model was trained with: pass patcher=... (an "
+                             "EntropyPatcher), or load the model with its checkpoint's patcher")
         prompt = bytes(prompt)
-        patching = GenerationPatching(patcher, self.config)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self._device())
@@ -471,87 +490,121 @@ class BLTModel(CarriesConfig, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            run = self._generate_cached if use_cache else self._generate_full
-            return run(prompt, max_new_bytes, patching, lambda lg: _sample(lg, temperature, top_k, gen))
+            if not use_cache:
+                return self._generate_uncached(prompt, max_new_bytes, patcher, temperature, top_k, gen)
+            out = bytearray()
+            state = self.prefill(prompt, patcher.stream(), max_new_bytes)
+            for i in range(max_new_bytes):
+                out.append(sample(state.logits, temperature, top_k, gen))
+                if i + 1 < max_new_bytes:
+                    self.decode_one(state, out[-1])
+            return bytes(out)
         finally:
             self.train(was_training)
 
     def _device(self):
         return self.decoder.head.weight.device
 
-    def _generate_full(self, prompt: bytes, n_new: int, patching: GenerationPatching, sample) -> bytes:
-        """No caches: entropies, patches and the whole model recomputed for every new byte."""
-        seq = bytearray(prompt)
-        dev = self._device()
+    def _generate_uncached(self, prompt: bytes, n_new: int, patcher, temperature, top_k, gen) -> bytes:
+        """No caches: patch starts (a fresh stream) and the whole model recomputed for every new byte."""
+        seq, dev = bytearray(prompt), self._device()
         for _ in range(n_new):
             probe = bytes(seq) + b"\0"  # the byte being predicted is unknown; nothing reads it (causal)
-            lengths = patching.lengths(probe)
-            idx = torch.tensor(list(probe), device=dev).view(1, -1)
-            logits, _ = self(idx, torch.tensor(lengths, device=dev).view(1, -1))
-            seq.append(sample(logits[0, -1]))
+            starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
+            lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
+            logits, _ = self(torch.tensor([list(probe)], device=dev), lengths)  # (1, T, V)
+            seq.append(sample(logits[0, -1], temperature, top_k, gen))
         return bytes(seq[len(prompt):])
 
-    def _generate_cached(self, prompt: bytes, n_new: int, patching: GenerationPatching, sample) -> bytes:
-        """KV caches everywhere; the global transformer steps once each time a patch closes."""
+    def prefill(self, prompt: bytes, stream, max_new_bytes: int = 0) -> GenerationState:
+        """Run the prompt through every stack with fresh caches; state.logits predicts the byte after it.
+
+        stream: the patcher's stream (prefill / next_starts_patch / push) for this sequence. The encoder
+        runs over the prompt, the global model over the prompt's closed patches, the decoder over
+        positions 0..n (its input n reads byte n-1), each position seeing the start and the closed patches
+        before its own.
+        """
         cfg, dev, dt = self.config, self._device(), self.decoder.head.weight.dtype
-        enc, glob, dec = self.encoder, self.global_model, self.decoder
-        n = len(prompt)
-        cap = n + n_new + 1
+        enc, dec, n, K = self.encoder, self.decoder, len(prompt), cfg.cross_attn_k
+        cap = n + max_new_bytes + 1
 
         def caches(layers, heads, dim, length):
             return [KVCache(1, heads, dim // heads, length, dev, dt) for _ in range(layers)]
 
-        enc_c = caches(cfg.encoder_layers, cfg.encoder_heads, cfg.encoder_dim, cap)
-        glob_c = caches(cfg.global_layers, cfg.global_heads, cfg.global_dim, cap)
-        dec_c = caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cap)
-        cross_c = caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cfg.cross_attn_k * (cap + 1))
-        h_all = torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt)  # encoder states of every byte
-
-        def add_keys(src):  # (1, n*K, C) -> appended to every decoder layer's cross-attention cache
-            return [c.append(*x.project_kv(src)) for c, x in zip(cross_c, dec.cross)]
-
-        def close_patches(start: int, lengths: list[int]):  # bytes start.. in patches of these lengths
-            L = torch.tensor([lengths], device=dev)  # (1, m)
-            h = h_all[:, start:start + sum(lengths)]  # (1, t, C)
-            g = glob(enc.patch_states(h, patch_ids_from_lengths(L, h.size(1)), L), caches=glob_c)  # (1, m, D)
-            return add_keys(dec.patch_keys(g))
-
-        cross_kv = add_keys(dec.start_keys(1))
-        stream = patching.stream()
-        # --- prompt: patch starts for positions 0..n, encoder over the prompt, global over its closed patches
-        starts = [stream.next_starts(prompt[:i]) for i in range(n + 1)]
+        state = GenerationState(
+            stream=stream, seq=bytearray(prompt), patch_start=0,
+            h=torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt),
+            enc_caches=caches(cfg.encoder_layers, cfg.encoder_heads, cfg.encoder_dim, cap),
+            global_caches=caches(cfg.global_layers, cfg.global_heads, cfg.global_dim, cap),
+            dec_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cap),
+            cross_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, K * (cap + 1)),
+            cross_kv=[], logits=None)
+        self._add_patch_keys(state, dec.start_keys(1))
+        starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
         if n:
             x = enc.embed(torch.tensor([list(prompt)], device=dev))  # (1, n, C)
-            h_all[:, :n] = enc.byte_states(x, enc_c)
+            state.h[:, :n] = enc.byte_states(x, state.enc_caches)
         cut = [i for i in range(n + 1) if starts[i]]  # positions that start a patch
-        cur = cut[-1]  # start of the open patch (position n when n starts one)
         closed = [b - a for a, b in zip(cut, cut[1:])]
         if closed:
-            cross_kv = close_patches(0, closed)
-        # decoder over positions 0..n: ids by patch, each position sees start + patches before its own
-        ids = torch.tensor(starts, device=dev).long().cumsum(0) - 1  # (n+1,)
-        key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(cfg.cross_attn_k)
+            self._close_patches(state, closed)
+        state.patch_start = cut[-1]  # the open patch (position n when n starts one)
+        # decoder over positions 0..n: position i sees the start and the patches before its own
+        ids = torch.tensor(starts, device=dev).long().cumsum(0) - 1  # (n+1,) patch id of each position
+        key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(K)  # (S,)
         mask = key_patch.view(1, -1) <= ids.view(-1, 1)  # (n+1, S)
-        x = dec.inputs(h_all[:, :n])  # (1, n+1, C)
-        logits = dec(x, cross_mask=mask, caches=dec_c, cross_kv=cross_kv)[0, -1]  # (V,)
-        # --- one byte at a time
-        seq = bytearray(prompt)
-        for i in range(n, n + n_new):
-            b = sample(logits)
-            seq.append(b)
-            if i + 1 == n + n_new:
-                break
-            hash_ids = torch.tensor(last_ngram_hash_ids(seq, cfg.ngram_sizes, cfg.hash_table_size), device=dev)
-            x = enc.embed(torch.tensor([[b]], device=dev), hash_ids.view(-1, 1, 1))  # (1, 1, C)
-            h_all[:, i:i + 1] = enc.byte_states(x, enc_c)
-            if stream.next_starts(bytes(seq)):  # byte i+1 starts a patch: close [cur, i+1)
-                cross_kv = close_patches(cur, [i + 1 - cur])
-                cur = i + 1
-            logits = dec(dec.inputs(h_all[:, i:i + 1], first=False), caches=dec_c, cross_kv=cross_kv)[0, -1]
-        return bytes(seq[n:])
+        x = dec.inputs(state.h[:, :n])  # (1, n+1, C)
+        logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=state.cross_kv)  # (1, n+1, V)
+        state.logits = logits[0, -1]  # (V,)
+        return state
+
+    def decode_one(self, state: GenerationState, byte: int):
+        """Feed the byte just sampled at position i; state.logits then predicts byte i+1."""
+        cfg, dev, enc, dec = self.config, self._device(), self.encoder, self.decoder
+        i = len(state.seq)
+        state.seq.append(byte)
+        state.stream.push(byte)
+        hash_ids = last_ngram_hash_ids(state.seq, cfg.ngram_sizes, cfg.hash_table_size)
+        hash_ids = torch.tensor(hash_ids, device=dev)  # (n_sizes,)
+        x = enc.embed(torch.tensor([[byte]], device=dev), hash_ids.view(-1, 1, 1))  # (1, 1, C)
+        state.h[:, i:i + 1] = enc.byte_states(x, state.enc_caches)
+        if state.stream.next_starts_patch():  # byte i+1 opens a patch: close [patch_start, i+1)
+            self._close_patches(state, [i + 1 - state.patch_start])
+            state.patch_start = i + 1
+        x = dec.inputs(state.h[:, i:i + 1], first=False)  # (1, 1, C): position i+1 reads byte i
+        state.logits = dec(x, caches=state.dec_caches, cross_kv=state.cross_kv)[0, -1]  # (V,)
+
+    def _close_patches(self, state: GenerationState, lengths: list[int]):
+        """Bytes patch_start.. in patches of these lengths: pool, step the global model, add their keys."""
+        L = torch.tensor([lengths], device=self._device())  # (1, m)
+        h = state.h[:, state.patch_start:state.patch_start + sum(lengths)]  # (1, t, C)
+        p = self.encoder.patch_states(h, patch_ids_from_lengths(L, h.size(1)), L)  # (1, m, K*C)
+        g = self.global_model(p, caches=state.global_caches)  # (1, m, D)
+        self._add_patch_keys(state, self.decoder.patch_keys(g))
+
+    def _add_patch_keys(self, state: GenerationState, src):
+        """(1, m*K, C) keys of m patches -> appended to every decoder layer's cross-attention cache."""
+        pairs = zip(state.cross_caches, self.decoder.cross)
+        state.cross_kv = [cache.append(*cross.project_kv(src)) for cache, cross in pairs]
 
 
-def _sample(logits, temperature: float, top_k: int | None, gen) -> int:
+@dataclass
+class GenerationState:
+    """What decode_one carries from byte to byte (batch 1; N bytes so far, P closed patches)."""
+
+    stream: object  # the patcher's stream: patch starts, with its own entropy-model cache
+    seq: bytearray  # (N,) every byte so far, prompt included
+    patch_start: int  # first byte of the open patch
+    h: torch.Tensor  # (1, capacity, C_enc) encoder states of bytes 0..N-1 (the rest unwritten)
+    enc_caches: list[KVCache]  # per encoder layer: keys/values (1, H, N, Dh)
+    global_caches: list[KVCache]  # per global layer: keys/values (1, H, P, Dh)
+    dec_caches: list[KVCache]  # per decoder layer: keys/values (1, H, N+1, Dh)
+    cross_caches: list[KVCache]  # per decoder layer: patch keys/values (1, H, (P+1)*K, Dh)
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # the filled part of cross_caches, (1, H, (P+1)*K, Dh)
+    logits: torch.Tensor | None  # (V,) the prediction of byte N
+
+
+def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> int:
     """One byte from (V,) logits: argmax at temperature 0, else softmax(logits / T) over the top_k."""
     if temperature == 0:
         return int(logits.argmax())
@@ -563,90 +616,11 @@ def _sample(logits, temperature: float, top_k: int | None, gen) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Patching during generation
-
-
-class GenerationPatching:
-    """The patching rule of generate(): a PatchConfig and, for entropy methods, the entropy model.
-
-    lengths(data) is the batch rule over a whole sequence (the uncached path); stream() decides causally,
-    byte by byte, with a KV cache on the entropy model (the cached path). Both read H[i] as
-    entropy_llm.compute_entropies defines it (windows of the entropy model's max_seq_len), so they agree
-    and generation patches text as training did, however long it gets.
-    """
-
-    def __init__(self, patcher, blt_config: BLTConfig):
-        from entropy_patcher import PatchConfig
-
-        if patcher is None:  # the config's entropy-free default
-            self.config = PatchConfig(method=blt_config.patching, patch_size=blt_config.patch_size,
-                                      min_patch_size=blt_config.min_patch_size,
-                                      max_patch_size=blt_config.max_patch_size, cache_patches=False)
-            self.entropy_model = None
-        elif isinstance(patcher, PatchConfig):
-            self.config, self.entropy_model = patcher, None
-        else:  # an EntropyPatcher (or anything with .config and .entropy_model)
-            self.config, self.entropy_model = patcher.config, getattr(patcher, "entropy_model", None)
-        if self.config.needs_entropy and self.entropy_model is None:
-            raise ValueError(f"patching method {self.config.method!r} needs an entropy model: pass an "
-                             "EntropyPatcher that holds one")
-        if self.entropy_model is not None:
-            self.entropy_model.eval()
-
-    def lengths(self, data: bytes) -> list[int]:
-        """Patch lengths of a whole sequence (they sum to len(data))."""
-        from entropy_patcher import patch_lengths_from_entropies
-
-        H = None
-        if self.config.needs_entropy:
-            from entropy_llm import compute_entropies
-
-            H = compute_entropies(self.entropy_model, data)
-        return patch_lengths_from_entropies(H, data, self.config).tolist()
-
-    def stream(self) -> "_StartStream":
-        return _StartStream(self)
-
-
-class _StartStream:
-    """next_starts(history): does byte len(history) start a patch? Called once per byte, in order."""
-
-    def __init__(self, patching: GenerationPatching):
-        from entropy_patcher import PatchStream
-
-        self.rule = PatchStream(patching.config)
-        self.model = patching.entropy_model if patching.config.needs_entropy else None
-        self.context_start, self.caches = -1, None
-
-    def _entropy(self, history: bytes) -> float:
-        """H[i] for i = len(history), from the same context compute_entropies uses for byte i: windows of
-        W bytes every W/2, each byte read from the window that gives it the most context (for i < W the
-        first window, else the one starting at s below); inside a window the model starts fresh."""
-        m, i = self.model, len(history)
-        W = m.config.max_seq_len
-        S = max(1, W // 2)
-        s = 0 if i < W else (i - (W - S)) // S * S
-        dev = next(m.parameters()).device
-        if s != self.context_start:  # a new window: fresh cache, start vector, then bytes s..i-1
-            self.caches, self.context_start = m.new_caches(1, W + 1), s
-            logits = m.step(None, self.caches)
-            if i > s:
-                logits = m.step(torch.tensor([list(history[s:i])], device=dev), self.caches)
-        else:
-            logits = m.step(torch.tensor([[history[-1]]], device=dev), self.caches)
-        logp = F.log_softmax(logits[0, -1].float(), dim=-1)
-        return float(-(logp.exp() * logp).sum())  # float32 nats, as compute_entropies stores them
-
-    def next_starts(self, history: bytes) -> bool:
-        h = self._entropy(history) if self.model is not None else None
-        return self.rule.next_starts_patch(h, history[-2:])
-
-
-# ----------------------------------------------------------------------------------------------------
 # FLOP accounting (DESIGN.md, "FLOPs")
 
 
-def flops_breakdown(config: BLTConfig, mean_patch_size: float, seq_len: int | None = None) -> dict[str, float]:
+def flops_breakdown(config: BLTConfig, mean_patch_size: float,
+                    seq_len: int | None = None) -> dict[str, float]:
     """Forward FLOPs per byte by part: matmuls and attention (2 FLOPs per multiply-add).
 
     Local blocks see a windowed causal context of bytes; the global transformer runs once per patch, so its

@@ -42,31 +42,32 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (Su et al. 2021): cos/sin tables looked up by absolute position."""
+    """Rotary position embedding (Su et al. 2021): cos/sin tables precomputed for max_len positions.
+
+    forward(start, length) slices positions start..start+length-1. Both are Python ints (a KV cache's
+    length), so no forward pass reads a tensor back to the host; a generation that runs past max_len
+    doubles the tables (a Python-side check, also sync-free).
+    """
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
         super().__init__()
         assert head_dim % 2 == 0, "rotary needs an even head dim"
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.max_len = max_len
-        self._cache_len = 0
-        self.cos: torch.Tensor | None = None
-        self.sin: torch.Tensor | None = None
+        self._build(max(1, max_len))
 
-    def forward(self, positions: torch.Tensor):
-        """positions (T,) or (B, T) long -> cos, sin of shape (T, Dh/2) or (B, 1, T, Dh/2)."""
-        need = int(positions.max().item()) + 1 if positions.numel() else 1
-        if self.cos is None or need > self._cache_len or self.cos.device != positions.device:
-            n = max(need, self.max_len)
-            t = torch.arange(n, device=positions.device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(positions.device))  # (n, Dh/2)
-            self.cos, self.sin = freqs.cos(), freqs.sin()
-            self._cache_len = n
-        cos, sin = self.cos[positions], self.sin[positions]
-        if positions.dim() == 2:  # per-row positions: broadcast over heads
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return cos, sin
+    def _build(self, n: int):
+        t = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)  # (n, Dh/2)
+        # buffers: they follow .to(device) with the model, and stay out of the state dict
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, start: int, length: int):
+        """cos, sin (length, Dh/2) for positions start..start+length-1."""
+        if start + length > self.cos.size(0):
+            self._build(max(start + length, 2 * self.cos.size(0)))
+        return self.cos[start:start + length], self.sin[start:start + length]
 
 
 def apply_rotary(x, cos, sin):
@@ -113,7 +114,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, S, Dh)
@@ -160,6 +162,13 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache)
         return x + self.mlp(self.mlp_norm(x))
+
+
+def run_blocks(blocks, x, cos, sin, mask=None, caches: list[KVCache] | None = None):
+    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cached."""
+    for i, block in enumerate(blocks):
+        x = block(x, cos, sin, mask=mask, cache=caches[i] if caches else None)
+    return x
 
 
 def init_weights(module: nn.Module, std: float = 0.02):
@@ -350,9 +359,7 @@ class CausalLM(CarriesConfig, nn.Module):
     def forward(self, idx, targets=None):
         B, T = idx.shape
         x = torch.cat([self._start(B), self.embed(idx[:, :-1])], dim=1)  # (B, T, C): shifted right
-        cos, sin = self.rotary(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        x = run_blocks(self.blocks, x, *self.rotary(0, T))
         logits = self.head(self.norm(x))  # (B, T, V)
         loss = None
         if targets is not None:
@@ -371,10 +378,7 @@ class CausalLM(CarriesConfig, nn.Module):
         x is (B, t) ids, or None to feed the start vector (whose logits predict the first id).
         """
         h = self._start(caches[0].k.size(0)) if x is None else self.embed(x)  # (B, t, C)
-        pos0 = caches[0].len
-        cos, sin = self.rotary(torch.arange(pos0, pos0 + h.size(1), device=h.device))
-        for block, cache in zip(self.blocks, caches):
-            h = block(h, cos, sin, cache=cache)
+        h = run_blocks(self.blocks, h, *self.rotary(caches[0].len, h.size(1)), caches=caches)
         return self.head(self.norm(h))  # (B, t, V)
 
     def num_params(self) -> int:

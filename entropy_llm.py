@@ -79,7 +79,7 @@ def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
 # Entropies and per-byte scores over long documents
 
 
-def _windows(n: int, W: int):
+def entropy_windows(n: int, W: int) -> list[tuple[int, int, int]]:
     """(start, keep_from, keep_to) of the windows that cover n bytes.
 
     Windows start every W/2 bytes and keep only their second half (the first keeps everything), so every
@@ -102,7 +102,7 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, s
 
     `seqs` are bytes or 1-D integer arrays of token ids; `model` is any CausalLM-style model whose
     logits[:, t] predict id t. Sequences longer than the model's window are scored in overlapping
-    windows (see _windows); windows of all sequences share batches, each in its own row.
+    windows (see entropy_windows); windows of all sequences share batches, each in its own row.
     """
     from tqdm import tqdm
 
@@ -112,7 +112,7 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False, s
     arrays = [np.frombuffer(s, dtype=np.uint8) if isinstance(s, (bytes, bytearray)) else np.asarray(s) for s in seqs]
     ent = [np.zeros(len(a), dtype=np.float32) for a in arrays]
     nll = [np.zeros(len(a), dtype=np.float64) for a in arrays] if want_nll else None
-    jobs = [(i, *w) for i, a in enumerate(arrays) if len(a) for w in _windows(len(a), W)]
+    jobs = [(i, *w) for i, a in enumerate(arrays) if len(a) for w in entropy_windows(len(a), W)]
     total = sum(len(a) for a in arrays)
     if show_progress is None:
         show_progress = total > 1_000_000
@@ -256,3 +256,44 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Streaming entropies (generation)
+
+
+class EntropyStream:
+    """H of the next byte, one byte at a time, with a KV cache: the values compute_entropies gives.
+
+    push(byte) feeds a byte; next_entropy() is H[i] for i = the bytes pushed so far, read from the same
+    window as compute_entropies reads it (entropy_windows: the last window covering bytes 0..i). Inside
+    a window the cache grows by the bytes pushed since the last call; entering a new window restarts it
+    from the start vector (the windowed model starts fresh there too).
+    """
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.W = model.config.max_seq_len
+        self.history = bytearray()  # every byte pushed
+        self.window_start = -1  # first byte of the window in the cache (-1: none yet)
+        self.fed = 0  # bytes of history in the cache, as an absolute position
+        self.caches = None
+        self.logits = None  # (V,) the cache's prediction of byte `fed`
+
+    def push(self, byte: int):
+        self.history.append(byte)
+
+    @torch.inference_mode()
+    def next_entropy(self) -> float:
+        i = len(self.history)
+        s = entropy_windows(i + 1, self.W)[-1][0]  # the window that scores byte i
+        m, dev = self.model, next(self.model.parameters()).device
+        if s != self.window_start:  # a new window: fresh cache, start vector, then bytes s..i-1
+            self.caches, self.window_start, self.fed = m.new_caches(1, self.W + 1), s, s
+            self.logits = m.step(None, self.caches)[0, -1]
+        if self.fed < i:
+            x = torch.tensor([list(self.history[self.fed:i])], device=dev)  # (1, t)
+            self.logits = m.step(x, self.caches)[0, -1]
+            self.fed = i
+        logp = F.log_softmax(self.logits.float(), dim=-1)
+        return float(-(logp.exp() * logp).sum())  # float32 nats, as compute_entropies stores them

@@ -18,7 +18,8 @@ asserted where lengths are made: every length is >= 1 and <= max_patch_size, eve
 last is >= the minimum, and the lengths sum to the number of bytes.
 
 Causality: whether byte i starts a patch depends on bytes < i only, so the same rule runs byte by byte
-while generating (PatchStream). H[i] is itself a function of bytes < i. The `space` rule of DESIGN.md
+while generating (PatchStream, the source of BLTModel.generate's patch starts). H[i] is itself a function
+of bytes < i. The `space` rule of DESIGN.md
 ("start at the first alphanumeric byte after a non-alphanumeric one", after SpaceByte, Slagle 2024) looks at
 byte i itself, which would leak byte i into the patch structure at position i. We use its causal form: byte
 i starts a patch when byte i-1 is space-like and byte i-2 is not, i.e. a patch ends after the first
@@ -35,12 +36,15 @@ Worked example (global, threshold 1.0, min_patch_size 2):
 
 (h and a are candidates but their patch would still be shorter than 2 bytes, so they are ignored.)
 
+Entropies are computed once per (documents, entropy model, window) and kept on disk (cached_entropies);
+patch lengths are cheap and always recomputed from them. Pictures of patches are in patch_pictures.py.
+
 Shape letters: N bytes of one document, B rows of a batch, T bytes per row, P patches (per row).
 
-    python entropy_patcher.py --checkpoint entropy_model.pth --text "The Byte Latent Transformer groups bytes."
-    python entropy_patcher.py --checkpoint entropy_model.pth --text "Hello, world" --plot patches.png --html patches.html
-    python entropy_patcher.py --checkpoint entropy_model.pth --data builtin --max_bytes 1000000 --report patcher.json
-    python entropy_patcher.py --checkpoint entropy_model.pth --data builtin --target_patch_size 4.5 --method monotonic
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "The BLT groups bytes."
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hello" --plot p.png --html p.html
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --max_bytes 1000000 --report patcher.json
+    python entropy_patcher.py --checkpoint entropy_model.pth --target_patch_size 4.5 --method global_monotonic
     python entropy_patcher.py --method space --text "no entropy model needed for space patching"
 """
 from __future__ import annotations
@@ -48,24 +52,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import html
-import json
 import math
 import os
 import re
 import sys
 import time
 import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from byte_data import DataError, load_corpus
-from common import atomic_write, pick_device, write_report
-from entropy_llm import compute_entropies
+from common import atomic_write, config_from_dict, pick_device, write_report
+from entropy_llm import EntropyStream, compute_entropies
+from patch_pictures import plot_entropies, terminal_view, write_html
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
 
 METHODS = ("global", "monotonic", "global_monotonic", "static", "space", "byte")
@@ -75,18 +76,21 @@ ANALYSIS_PATCH_SIZES = (2, 3, 4.5, 6, 8)  # target mean patch sizes of analyze_e
 
 # Word bytes for the `space` rule: ASCII letters and digits, and every byte >= 0x80 (UTF-8 lead and
 # continuation bytes), so a multi-byte character is never cut. Every other byte is space-like.
-_WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,) bool
+_WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,)
 
 
 @dataclass
 class PatchConfig:
     method: str = "global"  # one of METHODS (module docstring)
-    entropy_threshold: float = 0.6  # nats; the threshold of global and monotonic, the H[i] one of global_monotonic
+    # nats; the threshold of global and monotonic, the H[i] one of global_monotonic. None: calibrate it to
+    # target_patch_size on training documents (calibrate()) before patching
+    entropy_threshold: float | None = 0.6
     monotonic_threshold: float = 0.3  # nats; global_monotonic only: the H[i] - H[i-1] threshold
+    target_patch_size: float = 4.5  # bytes per patch that calibrate() aims at (entropy methods)
     patch_size: int = 4  # bytes; static only: every patch has this length (the last may be shorter)
     min_patch_size: int = 4  # bytes; a start is ignored while the current patch is shorter (not static/byte)
     max_patch_size: int = 128  # bytes; a start is forced when the current patch reaches this length
-    cache_patches: bool = True  # EntropyPatcher.process_data keeps lengths on disk, keyed by data+model+config
+    cache_patches: bool = True  # keep entropies on disk (cached_entropies), keyed by data + model + window
     cache_dir: str = ".patch_cache"  # folder of that cache
 
     def __post_init__(self):
@@ -100,14 +104,21 @@ class PatchConfig:
                 raise ValueError(f"{name} must be >= 1 byte, got {v}")
             setattr(self, name, int(v))
         if self.min_patch_size > self.max_patch_size:
-            raise ValueError(f"min_patch_size ({self.min_patch_size}) > max_patch_size ({self.max_patch_size})")
+            raise ValueError(f"min_patch_size ({self.min_patch_size}) > max_patch_size "
+                             f"({self.max_patch_size})")
         if self.method == "static" and self.patch_size > self.max_patch_size:
-            raise ValueError(f"static patch_size ({self.patch_size}) > max_patch_size ({self.max_patch_size})")
-        for name in ("entropy_threshold", "monotonic_threshold"):
+            raise ValueError(f"static patch_size ({self.patch_size}) > max_patch_size "
+                             f"({self.max_patch_size})")
+        for name in ("entropy_threshold", "monotonic_threshold", "target_patch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or math.isnan(v):
-                raise ValueError(f"{name} must be a number of nats, got {v!r}")
+            if v is None and name == "entropy_threshold":
+                continue
+            number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if not number or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
             setattr(self, name, float(v))  # any sign: a threshold on H[i] - H[i-1] may well be negative
+        if self.target_patch_size < 1:
+            raise ValueError(f"target_patch_size must be at least 1 byte, got {self.target_patch_size}")
 
     @property
     def needs_entropy(self) -> bool:
@@ -124,7 +135,7 @@ class PatchConfig:
         return self.min_patch_size, self.max_patch_size
 
     def patch_key(self) -> dict:
-        """The fields that decide the patches (everything but the cache settings)."""
+        """The fields that decide the patches (everything but the cache settings): checkpoint metadata."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in CACHE_FIELDS}
 
 
@@ -180,6 +191,8 @@ def patch_start_mask(entropies, data, config: PatchConfig) -> np.ndarray:
     if ref.shape[-1] == 0:
         return mask
     t = config.entropy_threshold
+    if t is None and method in ENTROPY_METHODS:
+        raise ValueError("entropy_threshold is None: calibrate it first (entropy_patcher.calibrate)")
     if method == "global":
         mask[...] = h > t
     elif method == "monotonic":
@@ -306,73 +319,92 @@ def patch_lengths_batch(entropies, data, valid_lengths, config: PatchConfig) -> 
 
 
 class PatchStream:
-    """The patching rule one byte at a time, for generation (BLTModel.generate).
+    """The patching rule one byte at a time, for generation: one stream per sequence.
 
-    Before byte i is known, call next_starts_patch(H[i], bytes < i): it says whether byte i opens a new
-    patch. H[i] comes from the entropy model run on bytes < i (None for methods that do not read it, see
-    needs_entropy). The stream remembers the current patch length and H[i-1]; feeding a whole sequence
-    gives exactly the lengths of patch_lengths_from_entropies. One stream per document; reset() restarts.
+        stream = patcher.stream()
+        starts = stream.prefill(prompt)       # start flag of every prompt byte (byte 0: True)
+        stream.next_starts_patch()            # does the next, not yet known, byte open a patch?
+        stream.push(b)                        # feed that byte once it is known; then ask again
+
+    For entropy methods H[i] comes from an EntropyStream (the entropy model with its own KV cache, the
+    windows of compute_entropies), so alternating next_starts_patch / push over a sequence gives exactly
+    patch_lengths_from_entropies(compute_entropies(model, seq), seq, config), to float32 precision.
+    decide(H[i]) is the rule itself for callers that have H already (prefill uses it).
     """
 
-    def __init__(self, config: PatchConfig):
+    def __init__(self, config: PatchConfig, entropy_model=None):
+        if config.needs_entropy and (entropy_model is None or config.entropy_threshold is None):
+            raise ValueError(f"patching method {config.method!r} needs an entropy model and a threshold "
+                             "(calibrate first)")
         self.config = config
         self.lo, self.hi = config.size_bounds
-        self.reset()
-
-    def reset(self):
+        self.entropy = EntropyStream(entropy_model) if config.needs_entropy else None
         self.position = 0  # index i of the next byte
         self.patch_length = 0  # bytes in the current (open) patch
-        self.prev_entropy: float | None = None  # H[i-1], for the monotonic rules
+        self.last = np.zeros(0, dtype=np.uint8)  # bytes i-2, i-1 (the space rule reads them)
+        self.prev_entropy = 0.0  # H[i-1], for the monotonic rules
+        self.decision: bool | None = None  # whether byte i starts a patch, once decided
 
-    @property
-    def needs_entropy(self) -> bool:
-        return self.config.needs_entropy
-
-    def next_starts_patch(self, entropy: float | None = None, history=b"") -> bool:
-        """Whether byte i (= the number of calls so far) starts a patch. entropy = H[i]; history = bytes < i
-        of this document (only its last two bytes are read, by the space rule)."""
+    def decide(self, entropy: float | None = None) -> bool:
+        """Whether byte i starts a patch, given H[i] (None for methods that do not read it)."""
+        assert self.decision is None, "byte i is decided already: push it first"
         c, i = self.config, self.position
-        h = None
-        if c.needs_entropy:
-            if entropy is None:
-                raise ValueError(f"patching method {c.method!r} needs H[i] for every byte")
-            h = float(entropy)
+        if c.needs_entropy and entropy is None:
+            raise ValueError(f"patching method {c.method!r} needs H[i] for every byte")
         if i == 0 or self.patch_length >= self.hi:
             start = True
         elif self.patch_length < self.lo:
             start = False
-        else:
-            start = self._candidate(i, h, history)
+        else:  # the batch rule itself on H[i-1], H[i] and bytes i-2, i-1 (byte i is unknown: 0)
+            n = min(i, 2) + 1  # positions i-n+1..i
+            h = None if entropy is None else np.array([self.prev_entropy] * (n - 1) + [float(entropy)])
+            start = bool(patch_start_mask(h, np.append(self.last[-(n - 1):], 0), c)[-1])
         self.patch_length = 1 if start else self.patch_length + 1
-        self.prev_entropy = h
-        self.position += 1
+        self.prev_entropy = None if entropy is None else float(entropy)
+        self.decision = start
         return start
 
-    def _candidate(self, i: int, h: float | None, history) -> bool:
-        """The same rules as patch_start_mask, for one position i >= 1 (float64 arithmetic there too)."""
-        c = self.config
-        if c.method == "global":
-            return h > c.entropy_threshold
-        if c.method == "monotonic":
-            return h - self.prev_entropy > c.entropy_threshold
-        if c.method == "global_monotonic":
-            return h > c.entropy_threshold and h - self.prev_entropy > c.monotonic_threshold
-        if c.method == "static":
-            return i % c.patch_size == 0
-        if c.method == "space":
-            if len(history) < min(i, 2):
-                raise ValueError("the space rule needs the last two bytes of the history")
-            if i == 1:  # the document start counts as space-like
-                return False
-            return bool(not _WORD_BYTE[int(history[-1])] and _WORD_BYTE[int(history[-2])])
-        return True  # byte
+    def next_starts_patch(self) -> bool:
+        if self.decision is None:
+            self.decide(self.entropy.next_entropy() if self.entropy is not None else None)
+        return self.decision
+
+    def push(self, byte: int):
+        self.next_starts_patch()  # the rule must see every byte, asked or not
+        if self.entropy is not None:
+            self.entropy.push(byte)
+        self.last = np.append(self.last, np.uint8(byte))[-2:]
+        self.position += 1
+        self.decision = None
+
+    def prefill(self, data) -> list[bool]:
+        """Feed `data` (bytes); returns the start flag of each of its bytes. On a fresh stream this is the
+        batch rule (entropies in one batched pass), after which the stream continues byte by byte."""
+        data = bytes(data)
+        H = compute_entropies(self.entropy.model, data) if self.entropy is not None and data else None
+        if self.position or self.decision is not None or not data:  # mid-sequence: byte by byte
+            starts = []
+            for i, b in enumerate(data):
+                starts.append(self.decide(None if H is None else float(H[i])))
+                self.push(b)
+            return starts
+        lengths = patch_lengths_from_entropies(H, data, self.config)
+        flags = np.zeros(len(data), dtype=bool)
+        flags[np.cumsum(lengths) - lengths] = True
+        self.position, self.patch_length = len(data), int(lengths[-1])
+        self.last = np.frombuffer(data[-2:], dtype=np.uint8).copy()
+        self.prev_entropy = None if H is None else float(H[-1])
+        if self.entropy is not None:
+            self.entropy.history.extend(data)
+        return flags.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------
-# The patcher: an entropy model plus a PatchConfig, with batching across documents and a disk cache
+# Entropies of many documents, and their disk cache
 
 
-def _compute_entropies(model, docs: list[bytes], batch_size: int | None = None, show_progress=None) -> list[np.ndarray]:
+def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
+                       show_progress=None) -> list[np.ndarray]:
     """H for each document, from one batched compute_entropies call over all of them."""
     if model is None:
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
@@ -385,6 +417,67 @@ def _compute_entropies(model, docs: list[bytes], batch_size: int | None = None, 
             assert len(h) == len(docs[k]), f"compute_entropies gave {len(h)} values for {len(docs[k])} bytes"
             out[k] = h
     return out
+
+
+def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: str | None = None) -> str:
+    """cache_dir/LABEL-HASH.npy; HASH = sha256 over the documents (boundaries included), the entropy
+    model's fingerprint (weights and config) and its window. The label is for people, never the key."""
+    h = hashlib.sha256(b"entropies v2\0" + model_fingerprint(entropy_model).encode())
+    h.update(int(entropy_model.config.max_seq_len).to_bytes(8, "little") + len(docs).to_bytes(8, "little"))
+    for d in docs:  # lengths first, so document boundaries are part of the key
+        h.update(len(d).to_bytes(8, "little") + d)
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:48] if label else "entropies"
+    return os.path.join(cache_dir, f"{label}-{h.hexdigest()[:32]}.npy")
+
+
+def _read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
+    """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed)."""
+    if not os.path.exists(path):
+        return None
+    total = sum(map(len, docs))
+    try:
+        flat = np.load(path, allow_pickle=False)
+        ok = (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.shape == (total,)
+              and bool(np.isfinite(flat).all()))
+    except Exception as e:  # truncated, empty, not numpy at all: a cache is recomputed, never trusted
+        warnings.warn(f"entropy cache {path} is unreadable ({type(e).__name__}: {e}); recomputing",
+                      stacklevel=3)
+        return None
+    if not ok:
+        warnings.warn(f"entropy cache {path} does not fit the documents; recomputing", stacklevel=3)
+        return None
+    return np.split(flat, np.cumsum([len(d) for d in docs])[:-1]) if docs else []
+
+
+def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, label: str | None = None,
+                     batch_size: int | None = None, show_progress=None) -> list[np.ndarray]:
+    """H of every document, computed once per (documents, entropy model, window) and kept in cache_dir
+    (None: no disk cache). A file that is unreadable or does not fit is recomputed and rewritten."""
+    return _entropies_and_hit(entropy_model, docs, cache_dir, label, batch_size, show_progress)[0]
+
+
+def _entropies_and_hit(entropy_model, docs, cache_dir, label, batch_size, show_progress):
+    docs = _documents(docs)
+    if entropy_model is None:
+        raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
+    path = None if cache_dir is None else entropy_cache_path(entropy_model, docs, cache_dir, label)
+    cached = None if path is None else _read_entropy_cache(path, docs)
+    if cached is not None:
+        return cached, True
+    ent = document_entropies(entropy_model, docs, batch_size, show_progress)
+    if path is not None:
+        flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append .npy to the temp name
+                np.save(f, flat)
+
+        atomic_write(path, write)
+    return ent, False
+
+
+# ----------------------------------------------------------------------------------------------------
+# The patcher: an entropy model plus a PatchConfig
 
 
 def _documents(byte_sequences) -> list[bytes]:
@@ -421,8 +514,9 @@ class EntropyPatcher:
     entropy_model may be None for static, space and byte, or when every call passes precomputed entropies.
     """
 
-    def __init__(self, entropy_model=None, config: PatchConfig | None = None, *, threshold: float | None = None,
-                 method: str | None = None, batch_size: int | None = None, **config_fields):
+    def __init__(self, entropy_model=None, config: PatchConfig | None = None, *,
+                 threshold: float | None = None, method: str | None = None, batch_size: int | None = None,
+                 **config_fields):
         if config is None:
             config = PatchConfig()
         elif not isinstance(config, PatchConfig):
@@ -440,32 +534,36 @@ class EntropyPatcher:
 
     def entropies(self, byte_sequence) -> np.ndarray:
         """H (N,) float32 nats for one document."""
-        return _compute_entropies(self.entropy_model, [_byte_array(byte_sequence).tobytes()], self.batch_size)[0]
+        doc = _byte_array(byte_sequence).tobytes()
+        return document_entropies(self.entropy_model, [doc], self.batch_size)[0]
 
     def patch_lengths(self, byte_sequence, entropies=None) -> np.ndarray:
         """(P,) int64 patch lengths of one document (entropies are computed unless given or not needed)."""
         x = _byte_array(byte_sequence)
-        if entropies is None and self.config.needs_entropy and len(x):
-            entropies = self.entropies(byte_sequence)
-        if entropies is None and self.config.needs_entropy:  # empty input
-            entropies = np.zeros(0, dtype=np.float32)
+        if entropies is None and self.config.needs_entropy:
+            entropies = self.entropies(byte_sequence) if len(x) else np.zeros(0, dtype=np.float32)
         return patch_lengths_from_entropies(entropies, x, self.config)
 
     def create_patches(self, byte_sequence, entropies=None) -> list[bytes]:
         """One document -> its patches; b"".join(patches) == byte_sequence."""
         return split_patches(byte_sequence, self.patch_lengths(byte_sequence, entropies))
 
+    def stream(self) -> PatchStream:
+        """A causal, byte-by-byte stream of patch starts for one sequence (BLTModel.generate)."""
+        return PatchStream(self.config, self.entropy_model)
+
     # many documents
 
     def document_patch_lengths(self, byte_sequences, cache_key: str | None = None, entropies=None,
                                show_progress=None) -> list[np.ndarray]:
-        """Patch lengths of every document (what training reads), cached on disk when cache_patches."""
+        """Patch lengths of every document (what training reads); entropies from the disk cache when
+        cache_patches."""
         return self._document_lengths(_documents(byte_sequences), cache_key, entropies, show_progress)[0]
 
     def process_data(self, byte_sequences, cache_key: str | None = None, entropies=None,
                      show_progress=None) -> tuple[list[list[bytes]], dict]:
         """Documents -> (patches per document, stats). Entropies are computed in one batched call over all
-        documents; cache_key is a readable label for the cache file, never a substitute for its hash."""
+        documents, or read from the cache; cache_key is a readable label for the cache file."""
         docs = _documents(byte_sequences)
         doc_lengths, cache_hit = self._document_lengths(docs, cache_key, entropies, show_progress)
         patches = [split_patches(d, n) for d, n in zip(docs, doc_lengths)]
@@ -474,73 +572,25 @@ class EntropyPatcher:
         return patches, stats
 
     def _document_lengths(self, docs, cache_key, entropies, show_progress) -> tuple[list[np.ndarray], bool]:
-        # given entropies are the expensive part already done: no cache then
-        path = self.cache_path(docs, cache_key) if self.config.cache_patches and entropies is None else None
-        if path is not None:
-            cached = _read_cache(path, docs, self.config)
-            if cached is not None:
-                return cached, True
-        if self.config.needs_entropy:
-            if entropies is None:
-                entropies = _compute_entropies(self.entropy_model, docs, self.batch_size, show_progress)
-            if len(entropies) != len(docs):
-                raise ValueError(f"{len(entropies)} entropy arrays for {len(docs)} documents")
-        else:
+        hit = False
+        if not self.config.needs_entropy:
             entropies = [None] * len(docs)
-        lengths = [patch_lengths_from_entropies(h, d, self.config) for h, d in zip(entropies, docs)]
-        if path is not None:
-            _write_cache(path, lengths)
-        return lengths, False
+        elif entropies is None:
+            cache_dir = self.config.cache_dir if self.config.cache_patches else None
+            entropies, hit = _entropies_and_hit(self.entropy_model, docs, cache_dir, cache_key,
+                                                self.batch_size, show_progress)
+        if len(entropies) != len(docs):
+            raise ValueError(f"{len(entropies)} entropy arrays for {len(docs)} documents")
+        return [patch_lengths_from_entropies(h, d, self.config) for h, d in zip(entropies, docs)], hit
 
-    def cache_path(self, docs: list[bytes], cache_key: str | None = None) -> str:
-        """cache_dir/LABEL-HASH.npz, HASH = sha256 over the documents, the model's weights and config,
-        and the patch config (without the cache fields)."""
-        h = hashlib.sha256(b"entropy_patcher lengths v1\0")
-        h.update(json.dumps(self.config.patch_key(), sort_keys=True).encode())
-        if self.config.needs_entropy:
-            if self.entropy_model is None:
-                raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
-            h.update(model_fingerprint(self.entropy_model).encode())
-        h.update(len(docs).to_bytes(8, "little"))
-        for d in docs:  # lengths first, so document boundaries are part of the key
-            h.update(len(d).to_bytes(8, "little"))
-            h.update(d)
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", cache_key)[:48] if cache_key else "patches"
-        return os.path.join(self.config.cache_dir, f"{label}-{h.hexdigest()[:32]}.npz")
+    def to_meta(self) -> dict:
+        """The patch config as a JSON-ready dict, for checkpoint metadata (patcher_from_meta inverts it)."""
+        return self.config.patch_key()
 
 
-def _write_cache(path: str, doc_lengths: list[np.ndarray]):
-    lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
-    counts = np.array([len(n) for n in doc_lengths], dtype=np.int64)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object, so numpy does not append .npz to the temp name
-            np.savez(f, lengths=lengths.astype(np.int32), counts=counts)
-
-    atomic_write(path, write)
-
-
-def _read_cache(path: str, docs: list[bytes], config: PatchConfig) -> list[np.ndarray] | None:
-    """Cached lengths, or None when there is no file or it cannot be trusted (then it is recomputed)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            lengths, counts = z["lengths"].astype(np.int64), z["counts"].astype(np.int64)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        warnings.warn(f"patch cache {path} is unreadable ({type(e).__name__}: {e}); recomputing")
-        return None
-    lo, hi = config.size_bounds
-    ok = (lengths.ndim == 1 and counts.shape == (len(docs),) and (counts >= 0).all()
-          and int(counts.sum()) == lengths.size)
-    if ok:
-        doc_lengths = np.split(lengths, np.cumsum(counts)[:-1]) if len(docs) else []
-        ok = all(int(n.sum()) == len(d) and (n.size == 0 or (n.min() >= 1 and n.max() <= hi))
-                 and (n.size < 2 or n[:-1].min() >= lo) for n, d in zip(doc_lengths, docs))
-    if not ok:
-        warnings.warn(f"patch cache {path} does not fit the documents; recomputing")
-        return None
-    return doc_lengths
+def patcher_from_meta(meta: dict, entropy_model=None) -> EntropyPatcher:
+    """The EntropyPatcher a checkpoint's metadata describes (EntropyPatcher.to_meta), around entropy_model."""
+    return EntropyPatcher(entropy_model, config_from_dict(PatchConfig, meta))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -559,7 +609,8 @@ def _mean_patch_size(entropies: list[np.ndarray], docs: list[bytes], config: Pat
 
 def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: float, method: str = "global",
                         config: PatchConfig | None = None, entropies=None, tol: float = 0.05) -> float:
-    """The entropy_threshold at which `method` (global or monotonic) gives a mean patch size (bytes per
+    """The entropy_threshold at which `method` (global, monotonic or global_monotonic, whose
+    monotonic_threshold stays as configured) gives a mean patch size (bytes per
     patch over all documents) within tol of the target, under config's min/max sizes (default PatchConfig).
 
     Bisection over the distinct values of the score (H, or H[i] - H[i-1]): the mean patch size only changes
@@ -567,22 +618,25 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
     between two neighbouring values, so float rounding cannot move a boundary. Pass entropies (one array
     per document) to skip the model. Raises CalibrationError when the target is out of reach.
     """
-    if method not in ("global", "monotonic"):
-        raise ValueError(f"calibration supports the 'global' and 'monotonic' methods, not {method!r}")
+    if method not in ENTROPY_METHODS:
+        raise ValueError(f"calibration supports the entropy methods {ENTROPY_METHODS}, not {method!r}")
     config = dataclasses.replace(config or PatchConfig(), method=method)
     docs = _documents(byte_sequences)
     if entropies is None:
-        entropies = _compute_entropies(entropy_model, docs)
+        entropies = document_entropies(entropy_model, docs)
     entropies = [np.asarray(h, dtype=np.float64) for h in entropies]
     if sum(len(d) for d in docs) == 0:
         raise CalibrationError("cannot calibrate a threshold on empty data")
-    scores = [h[1:] if method == "global" else np.diff(h) for h in entropies]  # byte 0 always starts
+    # the score a threshold cuts, per byte but byte 0 (which always starts); global_monotonic keeps its own
+    # monotonic_threshold, and its entropy_threshold only cuts among the bytes that pass it
+    scores = [h[1:] if method == "global" else np.diff(h) if method == "monotonic"
+              else h[1:][np.diff(h) > config.monotonic_threshold] for h in entropies]
     vals = np.unique(np.concatenate(scores))
     vals = vals[np.isfinite(vals)]
 
     def threshold(k: int) -> float:  # k = -1: below every value; k = K-1: at the top (no candidates)
-        if vals.size == 0:
-            return config.entropy_threshold
+        if vals.size == 0:  # no byte can be cut: any threshold does
+            return 0.0
         if k < 0:
             return float(vals[0] - 1e-3 * max(1.0, abs(vals[0])))
         if k == vals.size - 1:
@@ -594,7 +648,8 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
 
     def mean_at(k: int) -> float:  # each evaluation is a full scan over the data: remember them
         if k not in means:
-            means[k] = _mean_patch_size(entropies, docs, dataclasses.replace(config, entropy_threshold=threshold(k)))
+            at_k = dataclasses.replace(config, entropy_threshold=threshold(k))
+            means[k] = _mean_patch_size(entropies, docs, at_k)
         return means[k]
 
     lo_k, hi_k = -1, vals.size - 1
@@ -637,12 +692,13 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     """
     docs = _documents(byte_sequences)
     if entropies is None:
-        entropies = _compute_entropies(entropy_model, docs)
+        entropies = document_entropies(entropy_model, docs)
     config = config or PatchConfig(min_patch_size=1)
     h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies]) if entropies else np.zeros(0)
     out = {"num_bytes": int(h.size), "mean": float(h.mean()) if h.size else 0.0,
            "std": float(h.std()) if h.size else 0.0,
-           "percentiles": {p: float(np.percentile(h, p)) if h.size else 0.0 for p in (10, 25, 50, 75, 90, 95)},
+           "percentiles": {p: float(np.percentile(h, p)) if h.size else 0.0
+                           for p in (10, 25, 50, 75, 90, 95)},
            "thresholds_for_patch_size": {}}
     for size in ANALYSIS_PATCH_SIZES:
         try:
@@ -653,115 +709,45 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# Pictures: a Figure-4-style plot, an HTML page, and patches in the terminal
+def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
+              tol: float = 0.05) -> PatchConfig:
+    """`config` with a None entropy_threshold resolved so that patches average target_patch_size bytes on
+    train_docs (within tol). global and monotonic: calibrate_threshold. global_monotonic, its own
+    two-threshold rule: both thresholds at the same quantile q of their scores (H[i], and H[i] - H[i-1]),
+    q found by bisection, so the target is reachable whatever monotonic_threshold was. Entropy-free methods
+    and configs with a threshold come back unchanged; entropies come from config's cache when not given."""
+    if not config.needs_entropy or config.entropy_threshold is not None:
+        return config
+    docs = _documents(train_docs)
+    if entropies is None:
+        entropies = cached_entropies(entropy_model, docs, config.cache_dir if config.cache_patches else None)
+    target = config.target_patch_size
+    if config.method != "global_monotonic":
+        t = calibrate_threshold(None, docs, target, config.method, config, entropies, tol)
+        return dataclasses.replace(config, entropy_threshold=t)
+    hs = [np.asarray(h, dtype=np.float64) for h in entropies]
+    h_all = np.concatenate([h[1:] for h in hs] or [np.zeros(0)])  # byte 0 always starts
+    d_all = np.concatenate([np.diff(h) for h in hs] or [np.zeros(0)])
+    if h_all.size == 0:
+        raise CalibrationError("cannot calibrate global_monotonic on documents of at most one byte")
 
+    def at(q: float) -> PatchConfig:  # the fraction q of each score lies at or below its threshold
+        return dataclasses.replace(config, entropy_threshold=float(np.quantile(h_all, q, method="lower")),
+                                   monotonic_threshold=float(np.quantile(d_all, q, method="lower")))
 
-def _utf8_units(data: bytes) -> list[tuple[int, int, str]]:
-    """(start, end, text) per character; a byte that is not part of valid UTF-8 is one U+FFFD unit."""
-    units, i, n = [], 0, len(data)
-    while i < n:  # display only: bounded by the caller's max_bytes
-        b = data[i]
-        k = 1 if b < 0x80 else 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
-        if k:
-            try:
-                units.append((i, i + k, data[i:i + k].decode("utf-8")))
-                i += k
-                continue
-            except UnicodeDecodeError:
-                pass
-        units.append((i, i + 1, "\ufffd"))
-        i += 1
-    return units
+    def mean(q: float) -> float:  # never decreases as q rises: fewer candidates, longer patches
+        return _mean_patch_size(hs, docs, at(q))
 
-
-_VISIBLE = {ord(" "): "·", ord("\n"): "↵", ord("\t"): "→", ord("\r"): "␍"}
-_VISIBLE.update({c: f"\\x{c:02x}" for c in list(range(32)) + [127] if c not in _VISIBLE})
-
-
-def _visible(text: str) -> str:
-    """Whitespace and control characters made visible (space -> ·, newline -> ↵, tab -> →)."""
-    return text.translate(_VISIBLE)
-
-
-def format_patches(patches, sep: str = "▏") -> str:
-    """Patches (list of bytes) as one line of text, `sep` between patches and whitespace made visible.
-    A patch that cuts a UTF-8 character shows U+FFFD on both sides of the cut."""
-    return sep.join(_visible(bytes(p).decode("utf-8", errors="replace")) for p in patches)
-
-
-def plot_entropies(data, entropies, lengths, threshold, path, max_bytes: int = 300, title: str | None = None):
-    """Save a plot of H per byte (nats), the threshold (None: no line), the patch boundaries (vertical lines)
-    and the characters under the x axis, as in the BLT paper's Figure 4. Shows the first max_bytes bytes."""
-    from matplotlib.figure import Figure  # here: only plots need matplotlib; Figure avoids pyplot's global state
-
-    data = bytes(data)
-    h = np.asarray(entropies, dtype=np.float64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if h.shape != (len(data),) or int(lengths.sum()) != len(data):
-        raise ValueError("plot_entropies needs one entropy per byte and lengths summing to the bytes")
-    n = min(len(data), max_bytes)
-    starts = np.cumsum(lengths) - lengths  # (P,) first byte of each patch
-    starts = starts[(starts > 0) & (starts < n)]
-    labels = [""] * n
-    for a, _, text in _utf8_units(data[:n]):
-        labels[a] = {" ": "·", "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(text, _visible(text))
-    fig = Figure(figsize=(min(max(8.0, 0.13 * n + 1.5), 60.0), 3.6))  # about one character width per byte
-    ax = fig.add_subplot()
-    x = np.arange(n)
-    ax.plot(x, h[:n], marker="o", markersize=2.5, linewidth=1.0, color="tab:blue", label="entropy H[i]")
-    if threshold is not None:
-        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.0, label=f"threshold {threshold:.4g}")
-    if starts.size:
-        ax.vlines(starts - 0.5, 0, 1, transform=ax.get_xaxis_transform(), color="0.45", linewidth=0.8,
-                  label="patch start")
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, fontsize=7, family="monospace")
-    ax.tick_params(axis="x", length=0)
-    ax.set_xlim(-0.5, max(n, 1) - 0.5)
-    ax.set_ylabel("entropy (nats)")
-    note = f" (first {n} of {len(data)} bytes shown)" if n < len(data) else ""
-    ax.set_title((title or f"{len(lengths)} patches over {len(data)} bytes") + note, fontsize=9)
-    if n:
-        ax.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def write_html(data, entropies, lengths, path, max_bytes: int = 100_000, title: str = "entropy patches"):
-    """Save the text as HTML with alternating patch colours; hovering a character shows its bytes' H
-    (entropies may be None). Invalid UTF-8 shows as U+FFFD. Shows the first max_bytes bytes."""
-    data = bytes(data)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    h = None if entropies is None else np.asarray(entropies, dtype=np.float64)
-    if int(lengths.sum()) != len(data) or (h is not None and h.shape != (len(data),)):
-        raise ValueError("write_html needs lengths summing to the bytes and one entropy per byte")
-    n = min(len(data), max_bytes)
-    # characters are decoded over the whole text, so a patch boundary inside a multi-byte character does
-    # not garble it: the character is shown whole, in the patch of its first byte, and its tip says so
-    patch_of = np.repeat(np.arange(len(lengths)), lengths)  # (N,) patch index of every byte
-    groups: dict[int, list[str]] = {}
-    for a, b, text in _utf8_units(data[:n]):
-        tip = f"byte {a}" + ("" if b - a == 1 else f"-{b - 1}")
-        if h is not None:
-            tip += ": H = " + ", ".join(f"{v:.3f}" for v in h[a:b]) + " nats"
-        if patch_of[a] != patch_of[b - 1]:
-            tip += " (a patch starts inside this character)"
-        groups.setdefault(int(patch_of[a]), []).append(f'<span title="{html.escape(tip)}">{html.escape(text)}</span>')
-    parts = [f'<span class="p{j % 2}">{"".join(spans)}</span>' for j, spans in groups.items()]
-    note = f"<p>first {n} of {len(data)} bytes shown</p>" if n < len(data) else ""
-    mean = len(data) / len(lengths) if len(lengths) else 0.0
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
-            "<style>body{font-family:sans-serif} .text{font-family:monospace;white-space:pre-wrap;"
-            "line-height:1.6} .p0{background:#cfe3ff} .p1{background:#ffe3a8}</style></head><body>\n"
-            f"<p>{len(lengths)} patches over {len(data)} bytes, mean {mean:.2f} bytes per patch; "
-            f"hover a character for its entropy.</p>{note}\n<div class=\"text\">{''.join(parts)}</div>\n"
-            "</body></html>\n")
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-
-    atomic_write(path, write)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # q to 1e-12: far below the gap between neighbouring ranks of any real corpus
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda q: abs(mean(q) - target))
+    if abs(mean(best) - target) > tol * target:
+        raise CalibrationError(f"no global_monotonic thresholds give a mean patch size within {tol:.0%} of "
+                               f"{target}: reachable {mean(0.0):.3f} .. {mean(1.0):.3f}, "
+                               f"{mean(lo):.3f} -> {mean(hi):.3f} at the jump")
+    return at(best)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -774,14 +760,15 @@ def main(argv=None) -> int:
     src.add_argument("--text", help="patch this text (UTF-8)")
     src.add_argument("--data", help="builtin (default), a file, a folder, or hf:NAME[:CONFIG]")
     p.add_argument("--max_bytes", type=int, default=100_000, help="cap on --data bytes")
-    p.add_argument("--checkpoint", default="entropy_model.pth", help="entropy model (entropy_llm.py)")
+    p.add_argument("--entropy_model_path", "--checkpoint", dest="entropy_model_path",
+                   default="entropy_model.pth", help="entropy model (entropy_llm.py)")
     p.add_argument("--method", choices=METHODS, default="global")
-    p.add_argument("--threshold", type=float, help="entropy_threshold in nats (default 0.6; 0.3 for monotonic)")
+    p.add_argument("--threshold", type=float,
+                   help="entropy_threshold in nats (default 0.6; 0.3 for monotonic)")
     p.add_argument("--monotonic_threshold", type=float, help="global_monotonic's H[i]-H[i-1] threshold")
     p.add_argument("--target_patch_size", type=float, help="calibrate the threshold to this mean patch size")
-    p.add_argument("--patch_size", type=int, help="static patch length")
-    p.add_argument("--min_patch_size", type=int)
-    p.add_argument("--max_patch_size", type=int)
+    for name in ("patch_size", "min_patch_size", "max_patch_size"):
+        p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="compute_entropies batch size")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--plot", help="save a plot of the first document (PNG; needs the entropy model)")
@@ -790,78 +777,61 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threshold is not None and args.target_patch_size is not None:
         p.error("give --threshold or --target_patch_size, not both")
-    if args.target_patch_size is not None and args.method not in ("global", "monotonic"):
-        p.error("--target_patch_size calibrates the global and monotonic methods only")
+    if args.target_patch_size is not None and args.method not in ENTROPY_METHODS:
+        p.error(f"--target_patch_size calibrates the entropy methods only ({', '.join(ENTROPY_METHODS)})")
 
-    fields = {k: getattr(args, k) for k in ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size")
-              if getattr(args, k) is not None}
+    names = ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size", "target_patch_size")
+    fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     threshold = args.threshold if args.threshold is not None else 0.3 if args.method == "monotonic" else 0.6
+    if args.target_patch_size is not None:
+        threshold = None  # calibrate
+    entropies, bytes_per_s = None, None
     try:  # the CLI measures entropy speed, so it always computes rather than reading the cache
         config = PatchConfig(method=args.method, entropy_threshold=threshold, cache_patches=False, **fields)
-        if args.text is not None:
-            docs = [args.text.encode("utf-8")]
-        else:
-            docs = load_corpus(args.data or "builtin", args.max_bytes)
-    except (ValueError, DataError) as e:
+        docs = [args.text.encode("utf-8")] if args.text is not None else load_corpus(args.data or "builtin",
+                                                                                     args.max_bytes)
+        if config.needs_entropy or args.plot:
+            model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
+            t0 = time.perf_counter()
+            entropies = document_entropies(model, docs, args.batch_size)
+            elapsed = time.perf_counter() - t0
+            bytes_per_s = sum(map(len, docs)) / elapsed if elapsed > 0 else None
+        if config.entropy_threshold is None:
+            config = calibrate(config, None, docs, entropies)
+            print(f"calibrated {config.method} threshold for mean patch size {config.target_patch_size}: "
+                  f"{config.entropy_threshold:.4f} nats")
+    except (ValueError, DataError, CheckpointError) as e:  # CalibrationError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    num_bytes = sum(len(d) for d in docs)
-
-    entropies, bytes_per_s = None, None
-    if config.needs_entropy or args.target_patch_size is not None or args.plot:
-        try:
-            model = load_entropy_model(args.checkpoint, pick_device(args.device))
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        t0 = time.perf_counter()
-        entropies = _compute_entropies(model, docs, args.batch_size, show_progress=None)
-        elapsed = time.perf_counter() - t0
-        bytes_per_s = num_bytes / elapsed if elapsed > 0 else None
-    if args.target_patch_size is not None:
-        try:
-            threshold = calibrate_threshold(None, docs, args.target_patch_size, config.method, config, entropies)
-        except CalibrationError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        config = dataclasses.replace(config, entropy_threshold=threshold)
-        print(f"calibrated {config.method} threshold for mean patch size {args.target_patch_size}: "
-              f"{threshold:.4f} nats")
 
     t0 = time.perf_counter()
-    patcher = EntropyPatcher(None, config)
-    doc_lengths = patcher.document_patch_lengths(docs, entropies=entropies if config.needs_entropy else None)
+    doc_lengths = EntropyPatcher(None, config).document_patch_lengths(docs, entropies=entropies)
     patch_s = time.perf_counter() - t0
     stats = patch_statistics(doc_lengths)
-
-    patches = split_patches(docs[0], doc_lengths[0])  # the first document, its first ~2000 bytes shown
-    k = max(1, int(np.searchsorted(np.cumsum(doc_lengths[0]), 2000, side="right")))
-    print(format_patches(patches[:k]) + (" ..." if k < len(patches) else ""))
+    print(terminal_view(docs[0], doc_lengths[0]))  # the first document, its first ~2000 bytes
     speed = f", entropy model {bytes_per_s:,.0f} bytes/s" if bytes_per_s else ""
     print(f"{config.method}: {stats['num_bytes']} bytes in {stats['num_documents']} document(s) -> "
           f"{stats['num_patches']} patches, mean {stats['mean_patch_size']:.2f}, median "
           f"{stats['median_patch_size']:.1f} bytes{speed}")
-
     if args.plot:
         shown_t = config.entropy_threshold if config.method in ("global", "global_monotonic") else None
-        plot_entropies(docs[0], entropies[0], doc_lengths[0], shown_t, args.plot, title=f"{config.method} patching")
+        plot_entropies(docs[0], entropies[0], doc_lengths[0], shown_t, args.plot,
+                       title=f"{config.method} patching")
         print(f"plot: {args.plot}")
     if args.html:
         write_html(docs[0], None if entropies is None else entropies[0], doc_lengths[0], args.html)
         print(f"html: {args.html}")
+    num_bytes = stats["num_bytes"]
     write_report(args.report, {
-        "method": config.method,
-        "threshold": config.entropy_threshold if config.needs_entropy else None,
-        "num_bytes": num_bytes,
-        "num_patches": stats["num_patches"],
+        "method": config.method, "threshold": config.entropy_threshold if config.needs_entropy else None,
+        "num_bytes": num_bytes, "num_patches": stats["num_patches"],
         "mean_patch_size": stats["mean_patch_size"],
         "entropy_bytes_per_s": bytes_per_s,
         "patching_bytes_per_s": num_bytes / patch_s if patch_s > 0 else None,  # entropies -> lengths alone
-        "median_patch_size": stats["median_patch_size"],
-        "num_documents": stats["num_documents"],
-        "min_patch_size": config.size_bounds[0],
-        "max_patch_size": config.size_bounds[1],
-        **({"monotonic_threshold": config.monotonic_threshold} if config.method == "global_monotonic" else {}),
+        "median_patch_size": stats["median_patch_size"], "num_documents": stats["num_documents"],
+        "min_patch_size": config.size_bounds[0], "max_patch_size": config.size_bounds[1],
+        **({"monotonic_threshold": config.monotonic_threshold}
+           if config.method == "global_monotonic" else {}),
     })
     return 0
 

@@ -1,0 +1,139 @@
+"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, and a one-line terminal view.
+
+    from patch_pictures import format_patches, plot_entropies, write_html
+    print(format_patches(patcher.create_patches(b"Hello, world")))      # hello,▏·world
+    plot_entropies(data, H, lengths, threshold=0.6, path="patches.png")  # BLT paper, Figure 4
+    write_html(data, H, lengths, "patches.html")                         # hover a character for its H
+
+Inputs are plain arrays (bytes, H per byte in nats, patch lengths), so this module needs nothing from
+the patcher; matplotlib is imported only by plot_entropies.
+"""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from common import atomic_write
+
+
+def utf8_units(data: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, text) per character; a byte that is not part of valid UTF-8 is one U+FFFD unit."""
+    units, i, n = [], 0, len(data)
+    while i < n:  # display only: bounded by the caller's max_bytes
+        b = data[i]
+        # sequence length announced by a lead byte (0: not a valid lead byte)
+        k = (1 if b < 0x80 else 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF
+             else 4 if 0xF0 <= b <= 0xF4 else 0)
+        if k:
+            try:
+                units.append((i, i + k, data[i:i + k].decode("utf-8")))
+                i += k
+                continue
+            except UnicodeDecodeError:
+                pass
+        units.append((i, i + 1, "\ufffd"))
+        i += 1
+    return units
+
+
+VISIBLE = {ord(" "): "·", ord("\n"): "↵", ord("\t"): "→", ord("\r"): "␍"}
+VISIBLE.update({c: f"\\x{c:02x}" for c in list(range(32)) + [127] if c not in VISIBLE})
+
+
+def visible(text: str) -> str:
+    """Whitespace and control characters made visible (space -> ·, newline -> ↵, tab -> →)."""
+    return text.translate(VISIBLE)
+
+
+def format_patches(patches, sep: str = "▏") -> str:
+    """Patches (list of bytes) as one line of text, `sep` between patches and whitespace made visible.
+    A patch that cuts a UTF-8 character shows U+FFFD on both sides of the cut."""
+    return sep.join(visible(bytes(p).decode("utf-8", errors="replace")) for p in patches)
+
+
+def plot_entropies(data, entropies, lengths, threshold, path, max_bytes: int = 300, title: str | None = None):
+    """Save a plot of H per byte (nats), the threshold (None: no line), the patch boundaries (vertical lines)
+    and the characters under the x axis, as in the BLT paper's Figure 4. Shows the first max_bytes bytes."""
+    # here: only plots need matplotlib; Figure avoids pyplot's global state
+    from matplotlib.figure import Figure
+
+    data = bytes(data)
+    h = np.asarray(entropies, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if h.shape != (len(data),) or int(lengths.sum()) != len(data):
+        raise ValueError("plot_entropies needs one entropy per byte and lengths summing to the bytes")
+    n = min(len(data), max_bytes)
+    starts = np.cumsum(lengths) - lengths  # (P,) first byte of each patch
+    starts = starts[(starts > 0) & (starts < n)]
+    labels = [""] * n
+    for a, _, text in utf8_units(data[:n]):
+        labels[a] = {" ": "·", "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(text, visible(text))
+    fig = Figure(figsize=(min(max(8.0, 0.13 * n + 1.5), 60.0), 3.6))  # about one character width per byte
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    ax.plot(x, h[:n], marker="o", markersize=2.5, linewidth=1.0, color="tab:blue", label="entropy H[i]")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.0,
+                   label=f"threshold {threshold:.4g}")
+    if starts.size:
+        ax.vlines(starts - 0.5, 0, 1, transform=ax.get_xaxis_transform(), color="0.45", linewidth=0.8,
+                  label="patch start")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7, family="monospace")
+    ax.tick_params(axis="x", length=0)
+    ax.set_xlim(-0.5, max(n, 1) - 0.5)
+    ax.set_ylabel("entropy (nats)")
+    note = f" (first {n} of {len(data)} bytes shown)" if n < len(data) else ""
+    ax.set_title((title or f"{len(lengths)} patches over {len(data)} bytes") + note, fontsize=9)
+    if n:
+        ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_html(data, entropies, lengths, path, max_bytes: int = 100_000, title: str = "entropy patches"):
+    """Save the text as HTML with alternating patch colours; hovering a character shows its bytes' H
+    (entropies may be None). Invalid UTF-8 shows as U+FFFD. Shows the first max_bytes bytes."""
+    data = bytes(data)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    h = None if entropies is None else np.asarray(entropies, dtype=np.float64)
+    if int(lengths.sum()) != len(data) or (h is not None and h.shape != (len(data),)):
+        raise ValueError("write_html needs lengths summing to the bytes and one entropy per byte")
+    n = min(len(data), max_bytes)
+    # characters are decoded over the whole text, so a patch boundary inside a multi-byte character does
+    # not garble it: the character is shown whole, in the patch of its first byte, and its tip says so
+    patch_of = np.repeat(np.arange(len(lengths)), lengths)  # (N,) patch index of every byte
+    groups: dict[int, list[str]] = {}
+    for a, b, text in utf8_units(data[:n]):
+        tip = f"byte {a}" + ("" if b - a == 1 else f"-{b - 1}")
+        if h is not None:
+            tip += ": H = " + ", ".join(f"{v:.3f}" for v in h[a:b]) + " nats"
+        if patch_of[a] != patch_of[b - 1]:
+            tip += " (a patch starts inside this character)"
+        span = f'<span title="{html.escape(tip)}">{html.escape(text)}</span>'
+        groups.setdefault(int(patch_of[a]), []).append(span)
+    parts = [f'<span class="p{j % 2}">{"".join(spans)}</span>' for j, spans in groups.items()]
+    note = f"<p>first {n} of {len(data)} bytes shown</p>" if n < len(data) else ""
+    mean = len(data) / len(lengths) if len(lengths) else 0.0
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
+            "<style>body{font-family:sans-serif} .text{font-family:monospace;white-space:pre-wrap;"
+            "line-height:1.6} .p0{background:#cfe3ff} .p1{background:#ffe3a8}</style></head><body>\n"
+            f"<p>{len(lengths)} patches over {len(data)} bytes, mean {mean:.2f} bytes per patch; "
+            f"hover a character for its entropy.</p>{note}\n<div class=\"text\">{''.join(parts)}</div>\n"
+            "</body></html>\n")
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+
+    atomic_write(path, write)
+
+
+def terminal_view(data, lengths, max_bytes: int = 2000) -> str:
+    """format_patches of the patches covering the first max_bytes bytes, with " ..." when cut."""
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    k = max(1, int(np.searchsorted(ends, max_bytes, side="right")))
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    data = bytes(data)
+    patches = [data[s:e] for s, e in zip(starts[:k].tolist(), ends[:k].tolist())]
+    return format_patches(patches) + (" ..." if k < len(ends) else "")
