@@ -3,8 +3,8 @@ Than Tokens"): a light local encoder turns bytes into patches, a heavy global tr
 patches, a light local decoder turns patch states back into next-byte predictions.
 
     from blt_model import BLTConfig, BLTModel, flops_per_byte
-    model = BLTModel(BLTConfig())                             # CPU-sized default; BLTConfig.from_preset("paper-8b-ish")
-    logits, loss = model(idx, patch_lengths, targets=idx)     # logits[:, t] predicts idx[:, t] from idx[:, :t]
+    model = BLTModel(BLTConfig())                          # CPU-sized; BLTConfig.from_preset("paper-8b-ish")
+    logits, loss = model(idx, patch_lengths, targets=idx)  # logits[:, t] predicts idx[:, t] from idx[:, :t]
     new = model.generate(b"The ", 100, patcher=entropy_patcher, temperature=0)
 
 No training loop here (train_blt.py has it).
@@ -39,9 +39,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (Attention, Block, CarriesConfig, KVCache, RMSNorm, Rotary, apply_rotary, block_flops_per_token,
-                    causal_context, config_from_dict, count_params, init_weights, mlp_hidden, run_blocks,
-                    scale_residual_init)
+from common import (
+    Attention,
+    Block,
+    CarriesConfig,
+    KVCache,
+    RMSNorm,
+    Rotary,
+    apply_rotary,
+    block_flops_per_token,
+    causal_context,
+    config_from_dict,
+    count_params,
+    init_weights,
+    mlp_hidden,
+    run_blocks,
+    scale_residual_init,
+)
 
 V = 256  # byte classes
 
@@ -149,7 +163,7 @@ def ngram_hash_ids(idx: torch.Tensor, n: int, table_size: int) -> torch.Tensor:
 
 
 def last_ngram_hash_ids(history: bytes, sizes: tuple[int, ...], table_size: int) -> list[int]:
-    """ngram_hash_ids at the last position of `history` only, in plain Python (one byte per generation step)."""
+    """ngram_hash_ids at the last position of `history` only, in plain Python (one generation step)."""
     out = []
     for n in sizes:
         h = 0
@@ -169,15 +183,17 @@ def patch_ids_from_lengths(patch_lengths: torch.Tensor, T: int) -> torch.Tensor:
 def check_patch_lengths(idx: torch.Tensor, patch_lengths: torch.Tensor):
     """Readable errors for lengths that cannot describe these bytes."""
     if patch_lengths.dim() != 2 or patch_lengths.size(0) != idx.size(0):
-        raise ValueError(f"patch_lengths must be (B, P) with B = {idx.size(0)}, got {tuple(patch_lengths.shape)}")
+        raise ValueError(f"patch_lengths must be (B, P) with B = {idx.size(0)}, "
+                         f"got {tuple(patch_lengths.shape)}")
     if patch_lengths.numel() and bool((patch_lengths < 0).any()):
         raise ValueError("patch_lengths must be non-negative")
     if patch_lengths.numel() and int(patch_lengths.sum(1).max()) > idx.size(1):
-        raise ValueError(f"patch_lengths cover {int(patch_lengths.sum(1).max())} bytes but rows hold {idx.size(1)}")
+        covered = int(patch_lengths.sum(1).max())
+        raise ValueError(f"patch_lengths cover {covered} bytes but rows hold {idx.size(1)}")
 
 
 def window_mask(q_pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
-    """(t,) absolute query positions, S keys at positions 0..S-1 -> (t, S) bool: causal, last `window` keys."""
+    """(t,) absolute query positions, S keys at 0..S-1 -> (t, S) bool: causal, the last `window` keys."""
     k = torch.arange(S, device=q_pos.device)
     d = q_pos.view(-1, 1) - k.view(1, -1)  # (t, S): how far back each key is
     return (d >= 0) & (d < window)
@@ -218,7 +234,8 @@ class WindowAttention(Attention):
         # keys of block i: block i-1 then block i (2W keys)
         k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)
                 .view(B, H * n, 2 * W, Dh) for a in (k, v))
-        # key c of block i sits at i*W - W + c, query r at i*W + r: visible iff 0 <= r + W - c < W and key >= 0
+        # key c of block i sits at i*W - W + c, query r at i*W + r:
+        # visible iff 0 <= r + W - c < W and key >= 0
         r = torch.arange(W, device=x.device).view(W, 1)
         c = torch.arange(2 * W, device=x.device).view(1, 2 * W)
         blk = torch.arange(n, device=x.device).view(n, 1, 1)
@@ -303,7 +320,8 @@ class LocalEncoder(nn.Module):
         P, K = patch_lengths.size(1), self.K
         # max-pool each patch's bytes; padding bytes go to the extra slot P, which is dropped
         pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
-            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False)[:, :P]  # (B, P, C)
+            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False
+        )[:, :P]  # (B, P, C)
         q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
         q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
         mask = q_patch.view(1, -1, 1) == patch_ids.unsqueeze(1)  # (B, P*K, T): queries see their own bytes
@@ -348,7 +366,8 @@ class LocalDecoder(nn.Module):
         self.in_proj = nn.Linear(config.encoder_dim, C, bias=False)
         self.patch_proj = nn.Linear(config.global_dim, self.K * C, bias=False)
         self.rotary = Rotary(C // config.decoder_heads, config.max_seq_len)
-        self.cross = nn.ModuleList(CrossAttention(C, config.decoder_heads) for _ in range(config.decoder_layers))
+        self.cross = nn.ModuleList(CrossAttention(C, config.decoder_heads)
+                                   for _ in range(config.decoder_layers))
         self.blocks = nn.ModuleList(LocalBlock(C, config.decoder_heads, config.local_window)
                                     for _ in range(config.decoder_layers))
         self.norm = RMSNorm(C)
@@ -380,7 +399,8 @@ class LocalDecoder(nn.Module):
 
 
 class BLTModel(CarriesConfig, nn.Module):
-    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V), loss).
+    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V),
+    loss).
 
     patch_lengths are right-padded with zeros; a row's lengths sum to its number of real bytes (bytes past
     that are padding: give them target -100). logits[:, t] predicts byte t from bytes < t (see the module
@@ -412,14 +432,16 @@ class BLTModel(CarriesConfig, nn.Module):
         B, T = idx.shape
         if T == 0:  # nothing to predict (and no byte for a patch query to attend to)
             logits = self.decoder.head.weight.new_zeros(B, 0, V)
-            return logits, None if targets is None else F.cross_entropy(logits.view(0, V), targets.reshape(-1))
+            loss = None if targets is None else F.cross_entropy(logits.view(0, V), targets.reshape(-1))
+            return logits, loss
         P = patch_lengths.size(1)
         patch_ids = patch_ids_from_lengths(patch_lengths, T)  # (B, T)
         h = self.encoder.byte_states(self.encoder.embed(idx))  # (B, T, C)
         p = self.encoder.patch_states(h, patch_ids, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
-        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j' iff e <= j'
+        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j'
+        # iff e <= j'
         key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
         cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
@@ -520,7 +542,8 @@ class BLTModel(CarriesConfig, nn.Module):
         self._add_patch_keys(state, dec.start_keys(1))
         starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
         if n:
-            state.h[:, :n] = enc.byte_states(enc.embed(torch.tensor([list(prompt)], device=dev)), state.enc_caches)
+            x = enc.embed(torch.tensor([list(prompt)], device=dev))  # (1, n, C)
+            state.h[:, :n] = enc.byte_states(x, state.enc_caches)
         cut = [i for i in range(n + 1) if starts[i]]  # positions that start a patch
         closed = [b - a for a, b in zip(cut, cut[1:])]
         if closed:
@@ -531,7 +554,8 @@ class BLTModel(CarriesConfig, nn.Module):
         key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(K)  # (S,)
         mask = key_patch.view(1, -1) <= ids.view(-1, 1)  # (n+1, S)
         x = dec.inputs(state.h[:, :n])  # (1, n+1, C)
-        state.logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=state.cross_kv)[0, -1]  # (V,)
+        logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=state.cross_kv)  # (1, n+1, V)
+        state.logits = logits[0, -1]  # (V,)
         return state
 
     def decode_one(self, state: GenerationState, byte: int):
@@ -540,7 +564,8 @@ class BLTModel(CarriesConfig, nn.Module):
         i = len(state.seq)
         state.seq.append(byte)
         state.stream.push(byte)
-        hash_ids = torch.tensor(last_ngram_hash_ids(state.seq, cfg.ngram_sizes, cfg.hash_table_size), device=dev)
+        hash_ids = last_ngram_hash_ids(state.seq, cfg.ngram_sizes, cfg.hash_table_size)
+        hash_ids = torch.tensor(hash_ids, device=dev)  # (n_sizes,)
         x = enc.embed(torch.tensor([[byte]], device=dev), hash_ids.view(-1, 1, 1))  # (1, 1, C)
         state.h[:, i:i + 1] = enc.byte_states(x, state.enc_caches)
         if state.stream.next_starts_patch():  # byte i+1 opens a patch: close [patch_start, i+1)
@@ -550,7 +575,7 @@ class BLTModel(CarriesConfig, nn.Module):
         state.logits = dec(x, caches=state.dec_caches, cross_kv=state.cross_kv)[0, -1]  # (V,)
 
     def _close_patches(self, state: GenerationState, lengths: list[int]):
-        """Bytes patch_start.. in patches of these lengths: pool them, step the global model, add their keys."""
+        """Bytes patch_start.. in patches of these lengths: pool, step the global model, add their keys."""
         L = torch.tensor([lengths], device=self._device())  # (1, m)
         h = state.h[:, state.patch_start:state.patch_start + sum(lengths)]  # (1, t, C)
         p = self.encoder.patch_states(h, patch_ids_from_lengths(L, h.size(1)), L)  # (1, m, K*C)
@@ -559,7 +584,8 @@ class BLTModel(CarriesConfig, nn.Module):
 
     def _add_patch_keys(self, state: GenerationState, src):
         """(1, m*K, C) keys of m patches -> appended to every decoder layer's cross-attention cache."""
-        state.cross_kv = [c.append(*x.project_kv(src)) for c, x in zip(state.cross_caches, self.decoder.cross)]
+        pairs = zip(state.cross_caches, self.decoder.cross)
+        state.cross_kv = [cache.append(*cross.project_kv(src)) for cache, cross in pairs]
 
 
 @dataclass
@@ -593,7 +619,8 @@ def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> in
 # FLOP accounting (DESIGN.md, "FLOPs")
 
 
-def flops_breakdown(config: BLTConfig, mean_patch_size: float, seq_len: int | None = None) -> dict[str, float]:
+def flops_breakdown(config: BLTConfig, mean_patch_size: float,
+                    seq_len: int | None = None) -> dict[str, float]:
     """Forward FLOPs per byte by part: matmuls and attention (2 FLOPs per multiply-add).
 
     Local blocks see a windowed causal context of bytes; the global transformer runs once per patch, so its

@@ -115,7 +115,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, S, Dh)
@@ -165,7 +166,7 @@ class Block(nn.Module):
 
 
 def run_blocks(blocks, x, cos, sin, mask=None, caches: list[KVCache] | None = None):
-    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cached ones."""
+    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cached."""
     for i, block in enumerate(blocks):
         x = block(x, cos, sin, mask=mask, cache=caches[i] if caches else None)
     return x

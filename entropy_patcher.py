@@ -18,7 +18,8 @@ asserted where lengths are made: every length is >= 1 and <= max_patch_size, eve
 last is >= the minimum, and the lengths sum to the number of bytes.
 
 Causality: whether byte i starts a patch depends on bytes < i only, so the same rule runs byte by byte
-while generating (PatchStream, the source of BLTModel.generate's patch starts). H[i] is itself a function of bytes < i. The `space` rule of DESIGN.md
+while generating (PatchStream, the source of BLTModel.generate's patch starts). H[i] is itself a function
+of bytes < i. The `space` rule of DESIGN.md
 ("start at the first alphanumeric byte after a non-alphanumeric one", after SpaceByte, Slagle 2024) looks at
 byte i itself, which would leak byte i into the patch structure at position i. We use its causal form: byte
 i starts a patch when byte i-1 is space-like and byte i-2 is not, i.e. a patch ends after the first
@@ -40,10 +41,10 @@ patch lengths are cheap and always recomputed from them. Pictures of patches are
 
 Shape letters: N bytes of one document, B rows of a batch, T bytes per row, P patches (per row).
 
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "The Byte Latent Transformer groups bytes."
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hello, world" --plot patches.png --html patches.html
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --data builtin --max_bytes 1000000 --report patcher.json
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --data builtin --target_patch_size 4.5 --method monotonic
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "The BLT groups bytes."
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hello" --plot p.png --html p.html
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --max_bytes 1000000 --report patcher.json
+    python entropy_patcher.py --checkpoint entropy_model.pth --target_patch_size 4.5 --method global_monotonic
     python entropy_patcher.py --method space --text "no entropy model needed for space patching"
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ ANALYSIS_PATCH_SIZES = (2, 3, 4.5, 6, 8)  # target mean patch sizes of analyze_e
 
 # Word bytes for the `space` rule: ASCII letters and digits, and every byte >= 0x80 (UTF-8 lead and
 # continuation bytes), so a multi-byte character is never cut. Every other byte is space-like.
-_WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,) bool
+_WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,)
 
 
 @dataclass
@@ -103,14 +104,17 @@ class PatchConfig:
                 raise ValueError(f"{name} must be >= 1 byte, got {v}")
             setattr(self, name, int(v))
         if self.min_patch_size > self.max_patch_size:
-            raise ValueError(f"min_patch_size ({self.min_patch_size}) > max_patch_size ({self.max_patch_size})")
+            raise ValueError(f"min_patch_size ({self.min_patch_size}) > max_patch_size "
+                             f"({self.max_patch_size})")
         if self.method == "static" and self.patch_size > self.max_patch_size:
-            raise ValueError(f"static patch_size ({self.patch_size}) > max_patch_size ({self.max_patch_size})")
+            raise ValueError(f"static patch_size ({self.patch_size}) > max_patch_size "
+                             f"({self.max_patch_size})")
         for name in ("entropy_threshold", "monotonic_threshold", "target_patch_size"):
             v = getattr(self, name)
             if v is None and name == "entropy_threshold":
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if not number or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
             setattr(self, name, float(v))  # any sign: a threshold on H[i] - H[i-1] may well be negative
         if self.target_patch_size < 1:
@@ -374,14 +378,25 @@ class PatchStream:
         self.decision = None
 
     def prefill(self, data) -> list[bool]:
-        """Feed `data` (bytes); returns the start flag of each of its bytes. Entropies in one batched pass."""
+        """Feed `data` (bytes); returns the start flag of each of its bytes. On a fresh stream this is the
+        batch rule (entropies in one batched pass), after which the stream continues byte by byte."""
         data = bytes(data)
         H = compute_entropies(self.entropy.model, data) if self.entropy is not None and data else None
-        starts = []
-        for i, b in enumerate(data):
-            starts.append(self.decide(None if H is None else float(H[i])))
-            self.push(b)
-        return starts
+        if self.position or self.decision is not None or not data:  # mid-sequence: byte by byte
+            starts = []
+            for i, b in enumerate(data):
+                starts.append(self.decide(None if H is None else float(H[i])))
+                self.push(b)
+            return starts
+        lengths = patch_lengths_from_entropies(H, data, self.config)
+        flags = np.zeros(len(data), dtype=bool)
+        flags[np.cumsum(lengths) - lengths] = True
+        self.position, self.patch_length = len(data), int(lengths[-1])
+        self.last = np.frombuffer(data[-2:], dtype=np.uint8).copy()
+        self.prev_entropy = None if H is None else float(H[-1])
+        if self.entropy is not None:
+            self.entropy.history.extend(data)
+        return flags.tolist()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,7 +440,8 @@ def _read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None
         ok = (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.shape == (total,)
               and bool(np.isfinite(flat).all()))
     except Exception as e:  # truncated, empty, not numpy at all: a cache is recomputed, never trusted
-        warnings.warn(f"entropy cache {path} is unreadable ({type(e).__name__}: {e}); recomputing", stacklevel=3)
+        warnings.warn(f"entropy cache {path} is unreadable ({type(e).__name__}: {e}); recomputing",
+                      stacklevel=3)
         return None
     if not ok:
         warnings.warn(f"entropy cache {path} does not fit the documents; recomputing", stacklevel=3)
@@ -498,8 +514,9 @@ class EntropyPatcher:
     entropy_model may be None for static, space and byte, or when every call passes precomputed entropies.
     """
 
-    def __init__(self, entropy_model=None, config: PatchConfig | None = None, *, threshold: float | None = None,
-                 method: str | None = None, batch_size: int | None = None, **config_fields):
+    def __init__(self, entropy_model=None, config: PatchConfig | None = None, *,
+                 threshold: float | None = None, method: str | None = None, batch_size: int | None = None,
+                 **config_fields):
         if config is None:
             config = PatchConfig()
         elif not isinstance(config, PatchConfig):
@@ -517,7 +534,8 @@ class EntropyPatcher:
 
     def entropies(self, byte_sequence) -> np.ndarray:
         """H (N,) float32 nats for one document."""
-        return document_entropies(self.entropy_model, [_byte_array(byte_sequence).tobytes()], self.batch_size)[0]
+        doc = _byte_array(byte_sequence).tobytes()
+        return document_entropies(self.entropy_model, [doc], self.batch_size)[0]
 
     def patch_lengths(self, byte_sequence, entropies=None) -> np.ndarray:
         """(P,) int64 patch lengths of one document (entropies are computed unless given or not needed)."""
@@ -559,8 +577,8 @@ class EntropyPatcher:
             entropies = [None] * len(docs)
         elif entropies is None:
             cache_dir = self.config.cache_dir if self.config.cache_patches else None
-            entropies, hit = _entropies_and_hit(self.entropy_model, docs, cache_dir, cache_key, self.batch_size,
-                                                show_progress)
+            entropies, hit = _entropies_and_hit(self.entropy_model, docs, cache_dir, cache_key,
+                                                self.batch_size, show_progress)
         if len(entropies) != len(docs):
             raise ValueError(f"{len(entropies)} entropy arrays for {len(docs)} documents")
         return [patch_lengths_from_entropies(h, d, self.config) for h, d in zip(entropies, docs)], hit
@@ -591,7 +609,8 @@ def _mean_patch_size(entropies: list[np.ndarray], docs: list[bytes], config: Pat
 
 def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: float, method: str = "global",
                         config: PatchConfig | None = None, entropies=None, tol: float = 0.05) -> float:
-    """The entropy_threshold at which `method` (global, monotonic or global_monotonic) gives a mean patch size (bytes per
+    """The entropy_threshold at which `method` (global, monotonic or global_monotonic, whose
+    monotonic_threshold stays as configured) gives a mean patch size (bytes per
     patch over all documents) within tol of the target, under config's min/max sizes (default PatchConfig).
 
     Bisection over the distinct values of the score (H, or H[i] - H[i-1]): the mean patch size only changes
@@ -629,7 +648,8 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
 
     def mean_at(k: int) -> float:  # each evaluation is a full scan over the data: remember them
         if k not in means:
-            means[k] = _mean_patch_size(entropies, docs, dataclasses.replace(config, entropy_threshold=threshold(k)))
+            at_k = dataclasses.replace(config, entropy_threshold=threshold(k))
+            means[k] = _mean_patch_size(entropies, docs, at_k)
         return means[k]
 
     lo_k, hi_k = -1, vals.size - 1
@@ -677,7 +697,8 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies]) if entropies else np.zeros(0)
     out = {"num_bytes": int(h.size), "mean": float(h.mean()) if h.size else 0.0,
            "std": float(h.std()) if h.size else 0.0,
-           "percentiles": {p: float(np.percentile(h, p)) if h.size else 0.0 for p in (10, 25, 50, 75, 90, 95)},
+           "percentiles": {p: float(np.percentile(h, p)) if h.size else 0.0
+                           for p in (10, 25, 50, 75, 90, 95)},
            "thresholds_for_patch_size": {}}
     for size in ANALYSIS_PATCH_SIZES:
         try:
@@ -688,17 +709,45 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     return out
 
 
-def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None) -> PatchConfig:
-    """`config` with a None entropy_threshold resolved: the threshold that gives target_patch_size bytes per
-    patch on train_docs (calibrate_threshold, each method by its own rule). Entropy-free methods and
-    configs with a threshold come back unchanged. Entropies are read from config's cache when not given."""
+def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
+              tol: float = 0.05) -> PatchConfig:
+    """`config` with a None entropy_threshold resolved so that patches average target_patch_size bytes on
+    train_docs (within tol). global and monotonic: calibrate_threshold. global_monotonic, its own
+    two-threshold rule: both thresholds at the same quantile q of their scores (H[i], and H[i] - H[i-1]),
+    q found by bisection, so the target is reachable whatever monotonic_threshold was. Entropy-free methods
+    and configs with a threshold come back unchanged; entropies come from config's cache when not given."""
     if not config.needs_entropy or config.entropy_threshold is not None:
         return config
     docs = _documents(train_docs)
     if entropies is None:
         entropies = cached_entropies(entropy_model, docs, config.cache_dir if config.cache_patches else None)
-    t = calibrate_threshold(None, docs, config.target_patch_size, config.method, config, entropies)
-    return dataclasses.replace(config, entropy_threshold=t)
+    target = config.target_patch_size
+    if config.method != "global_monotonic":
+        t = calibrate_threshold(None, docs, target, config.method, config, entropies, tol)
+        return dataclasses.replace(config, entropy_threshold=t)
+    hs = [np.asarray(h, dtype=np.float64) for h in entropies]
+    h_all = np.concatenate([h[1:] for h in hs] or [np.zeros(0)])  # byte 0 always starts
+    d_all = np.concatenate([np.diff(h) for h in hs] or [np.zeros(0)])
+    if h_all.size == 0:
+        raise CalibrationError("cannot calibrate global_monotonic on documents of at most one byte")
+
+    def at(q: float) -> PatchConfig:  # the fraction q of each score lies at or below its threshold
+        return dataclasses.replace(config, entropy_threshold=float(np.quantile(h_all, q, method="lower")),
+                                   monotonic_threshold=float(np.quantile(d_all, q, method="lower")))
+
+    def mean(q: float) -> float:  # never decreases as q rises: fewer candidates, longer patches
+        return _mean_patch_size(hs, docs, at(q))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # q to 1e-12: far below the gap between neighbouring ranks of any real corpus
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda q: abs(mean(q) - target))
+    if abs(mean(best) - target) > tol * target:
+        raise CalibrationError(f"no global_monotonic thresholds give a mean patch size within {tol:.0%} of "
+                               f"{target}: reachable {mean(0.0):.3f} .. {mean(1.0):.3f}, "
+                               f"{mean(lo):.3f} -> {mean(hi):.3f} at the jump")
+    return at(best)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -711,10 +760,11 @@ def main(argv=None) -> int:
     src.add_argument("--text", help="patch this text (UTF-8)")
     src.add_argument("--data", help="builtin (default), a file, a folder, or hf:NAME[:CONFIG]")
     p.add_argument("--max_bytes", type=int, default=100_000, help="cap on --data bytes")
-    p.add_argument("--entropy_model_path", "--checkpoint", dest="entropy_model_path", default="entropy_model.pth",
-                   help="entropy model (entropy_llm.py)")
+    p.add_argument("--entropy_model_path", "--checkpoint", dest="entropy_model_path",
+                   default="entropy_model.pth", help="entropy model (entropy_llm.py)")
     p.add_argument("--method", choices=METHODS, default="global")
-    p.add_argument("--threshold", type=float, help="entropy_threshold in nats (default 0.6; 0.3 for monotonic)")
+    p.add_argument("--threshold", type=float,
+                   help="entropy_threshold in nats (default 0.6; 0.3 for monotonic)")
     p.add_argument("--monotonic_threshold", type=float, help="global_monotonic's H[i]-H[i-1] threshold")
     p.add_argument("--target_patch_size", type=float, help="calibrate the threshold to this mean patch size")
     for name in ("patch_size", "min_patch_size", "max_patch_size"):
@@ -730,8 +780,8 @@ def main(argv=None) -> int:
     if args.target_patch_size is not None and args.method not in ENTROPY_METHODS:
         p.error(f"--target_patch_size calibrates the entropy methods only ({', '.join(ENTROPY_METHODS)})")
 
-    fields = {k: getattr(args, k) for k in ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size",
-                                            "target_patch_size") if getattr(args, k) is not None}
+    names = ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size", "target_patch_size")
+    fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     threshold = args.threshold if args.threshold is not None else 0.3 if args.method == "monotonic" else 0.6
     if args.target_patch_size is not None:
         threshold = None  # calibrate
@@ -765,7 +815,8 @@ def main(argv=None) -> int:
           f"{stats['median_patch_size']:.1f} bytes{speed}")
     if args.plot:
         shown_t = config.entropy_threshold if config.method in ("global", "global_monotonic") else None
-        plot_entropies(docs[0], entropies[0], doc_lengths[0], shown_t, args.plot, title=f"{config.method} patching")
+        plot_entropies(docs[0], entropies[0], doc_lengths[0], shown_t, args.plot,
+                       title=f"{config.method} patching")
         print(f"plot: {args.plot}")
     if args.html:
         write_html(docs[0], None if entropies is None else entropies[0], doc_lengths[0], args.html)
@@ -773,12 +824,14 @@ def main(argv=None) -> int:
     num_bytes = stats["num_bytes"]
     write_report(args.report, {
         "method": config.method, "threshold": config.entropy_threshold if config.needs_entropy else None,
-        "num_bytes": num_bytes, "num_patches": stats["num_patches"], "mean_patch_size": stats["mean_patch_size"],
+        "num_bytes": num_bytes, "num_patches": stats["num_patches"],
+        "mean_patch_size": stats["mean_patch_size"],
         "entropy_bytes_per_s": bytes_per_s,
         "patching_bytes_per_s": num_bytes / patch_s if patch_s > 0 else None,  # entropies -> lengths alone
         "median_patch_size": stats["median_patch_size"], "num_documents": stats["num_documents"],
         "min_patch_size": config.size_bounds[0], "max_patch_size": config.size_bounds[1],
-        **({"monotonic_threshold": config.monotonic_threshold} if config.method == "global_monotonic" else {}),
+        **({"monotonic_threshold": config.monotonic_threshold}
+           if config.method == "global_monotonic" else {}),
     })
     return 0
 

@@ -29,7 +29,6 @@ import subprocess
 import sys
 
 import bench_utils as bu
-
 import numpy as np
 import torch
 

@@ -23,14 +23,13 @@ import sys
 import time
 
 import bench_utils as bu  # noqa: F401  (puts the repository on sys.path)
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from byte_data import load_corpus
 from common import mlp_hidden
-from entropy_llm import EntropyConfig, MinimalLLM, _windows, compute_entropies, flops_per_byte
+from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies, entropy_windows, flops_per_byte
 
 
 def shard_documents(docs: list[bytes], n: int) -> list[list[bytes]]:
@@ -49,7 +48,7 @@ def shard_documents(docs: list[bytes], n: int) -> list[list[bytes]]:
 
 def window_jobs(docs: list[bytes], W: int):
     """(doc, start, keep_from, keep_to) of every window compute_entropies runs, in its order."""
-    return [(i, *w) for i, d in enumerate(docs) if len(d) for w in _windows(len(d), W)]
+    return [(i, *w) for i, d in enumerate(docs) if len(d) for w in entropy_windows(len(d), W)]
 
 
 @torch.inference_mode()

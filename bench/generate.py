@@ -24,12 +24,12 @@ import sys
 import traceback
 
 import bench_utils as bu
-
 import numpy as np
 import torch
 
 from blt_model import BLTConfig, BLTModel
 from byte_data import load_corpus
+from entropy_patcher import EntropyPatcher, PatchConfig
 
 
 def hf_model(cfg: BLTConfig, num_hidden_layers_workaround: bool = False):
@@ -101,13 +101,14 @@ def main(argv=None):
     cfg = BLTConfig.from_preset(preset, max_seq_len=max(BLTConfig.from_preset(preset).max_seq_len, 2048))
     torch.manual_seed(0)
     model = BLTModel(cfg).eval()
+    patcher = EntropyPatcher(None, PatchConfig(method="space", min_patch_size=1, max_patch_size=16))
 
     def ours(use_cache):
-        return lambda pr, n: model.generate(pr, n, temperature=0, use_cache=use_cache)
+        return lambda pr, n: model.generate(pr, n, patcher=patcher, temperature=0, use_cache=use_cache)
 
     report = {"benchmark": "generate", "machine": bu.machine_info(),
               "config": {"blt": dataclasses.asdict(cfg), "preset": preset, "prompt": prompt.decode("latin-1"),
-                         "lengths": lengths, "rounds": rounds, "temperature": 0, "patching": cfg.patching,
+                         "lengths": lengths, "rounds": rounds, "temperature": 0, "patching": patcher.to_meta(),
                          "rerun_at_longest": args.rerun_1024},
               "params": {"ours": model.num_params()}}
     hf = None

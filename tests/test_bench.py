@@ -36,4 +36,5 @@ def test_generate_quick(tmp_path):
     r = _run("generate", tmp_path)
     short = r["results"][str(min(r["config"]["lengths"]))]
     assert short["ours_outputs_match"]  # greedy: cached and rerun give the same bytes
-    assert "ok" in short["hf_cached"]
+    hc = short["hf_cached"]  # recorded as it happened: success, or the exception it raised
+    assert hc["ok"] is True or (hc["ok"] is False and hc["error_type"])

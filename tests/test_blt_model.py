@@ -7,13 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from blt_model import (BLT_PRESETS, HASH_BASE, HASH_MOD, HASH_PAD, BLTConfig, BLTModel, WindowAttention,
-                       flops_breakdown, flops_per_byte, last_ngram_hash_ids, ngram_hash_ids, patch_ids_from_lengths,
-                       window_mask)
+from blt_model import (
+    BLT_PRESETS,
+    HASH_BASE,
+    HASH_MOD,
+    HASH_PAD,
+    BLTConfig,
+    BLTModel,
+    WindowAttention,
+    flops_breakdown,
+    flops_per_byte,
+    last_ngram_hash_ids,
+    ngram_hash_ids,
+    patch_ids_from_lengths,
+    window_mask,
+)
 from common import Rotary
 from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies
 from entropy_patcher import EntropyPatcher, PatchConfig, patch_lengths_batch
 from save_entropy_model import CheckpointError, load_model, save_checkpoint
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -4,7 +4,6 @@ import html
 import json
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -14,10 +13,26 @@ from hypothesis import strategies as st
 
 import entropy_patcher as ep
 from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies
-from entropy_patcher import (METHODS, CalibrationError, EntropyPatcher, PatchConfig, PatchStream,
-                             analyze_entropy_distribution, calibrate_threshold, format_patches, patch_lengths_batch,
-                             patch_lengths_from_entropies, patch_start_mask, plot_entropies, split_patches,
-                             starts_to_lengths, write_html)
+from entropy_patcher import (
+    ENTROPY_METHODS,
+    METHODS,
+    CalibrationError,
+    EntropyPatcher,
+    PatchConfig,
+    PatchStream,
+    analyze_entropy_distribution,
+    cached_entropies,
+    calibrate,
+    calibrate_threshold,
+    entropy_cache_path,
+    patch_lengths_batch,
+    patch_lengths_from_entropies,
+    patch_start_mask,
+    patcher_from_meta,
+    split_patches,
+    starts_to_lengths,
+)
+from patch_pictures import format_patches, plot_entropies, terminal_view, write_html
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -95,7 +110,6 @@ def check_invariants(lengths, n, cfg):
     assert lengths.dtype == np.int64 and int(lengths.sum()) == n
     assert all(1 <= x <= hi for x in lengths)
     assert all(x >= lo for x in lengths[:-1])
-    assert cfg.max_patch_size >= hi  # the config's maximum holds for every method
 
 
 # ---------------------------------------------------------------------------------------------------- properties
@@ -131,12 +145,45 @@ def test_causality_a_change_at_j_moves_no_earlier_start(cfg, doc):
 
 @FAST
 @given(cfg=configs(), doc=documents())
-def test_streaming_gives_exactly_the_batch_lengths(cfg, doc):
+def test_streaming_gives_exactly_the_batch_lengths(model, cfg, doc):
     H, data = doc
-    stream = PatchStream(cfg)
-    starts = [i for i in range(len(data))
-              if stream.next_starts_patch(float(H[i]) if stream.needs_entropy else None, data[:i])]
+    stream = PatchStream(cfg, model)  # decide() takes H as given: the rule alone
+    starts = []
+    for i, b in enumerate(data):
+        if stream.decide(float(H[i]) if cfg.needs_entropy else None):
+            starts.append(i)
+        stream.push(b)
     assert starts == starts_of(patch_lengths_from_entropies(H, data, cfg))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_stream_with_its_entropy_model_gives_the_batch_lengths(model, method):
+    """next_starts_patch / push byte by byte (the entropy model on its own KV cache, across windows of 64)
+    == prefill of the whole == the batch rule on compute_entropies."""
+    data = ("Streams and batches agree, window after window: é, ü, 42. " * 3).encode()
+    H = compute_entropies(model, data)
+    t = float(np.median(H if method != "monotonic" else np.diff(H)))
+    cfg = PatchConfig(method=method, entropy_threshold=t, monotonic_threshold=0.0, min_patch_size=2,
+                      max_patch_size=7, patch_size=3)
+    want = starts_of(patch_lengths_from_entropies(H, data, cfg))
+    assert len(data) > 2 * model.config.max_seq_len and 2 < len(want) <= len(data)
+    stream = EntropyPatcher(model, cfg).stream()
+    starts = []
+    for i, b in enumerate(data):
+        if stream.next_starts_patch():
+            starts.append(i)
+        stream.push(b)
+    assert starts == want
+    flags = EntropyPatcher(model, cfg).stream().prefill(data)
+    assert [i for i, s in enumerate(flags) if s] == want
+    # a prefilled stream continues as one fed byte by byte
+    s = EntropyPatcher(model, cfg).stream()
+    head = s.prefill(data[:100])
+    tail = []
+    for b in data[100:]:
+        tail.append(s.next_starts_patch())
+        s.push(b)
+    assert [i for i, f in enumerate(head + tail) if f] == want
 
 
 @FAST
@@ -212,6 +259,10 @@ def test_masks_work_on_batches_of_rows():
     (dict(method="static", patch_size=200), "max_patch_size"),
     (dict(min_patch_size=2.5), "integer"),
     (dict(entropy_threshold=float("nan")), "entropy_threshold"),
+    (dict(entropy_threshold=float("inf")), "entropy_threshold"),
+    (dict(monotonic_threshold=float("-inf")), "monotonic_threshold"),
+    (dict(target_patch_size=float("nan")), "target_patch_size"),
+    (dict(target_patch_size=0.5), "target_patch_size"),
 ])
 def test_invalid_configs_fail_at_construction(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -269,15 +320,6 @@ def test_invalid_utf8_patches_and_displays():
     assert "\ufffd" in shown and "▏" in shown
 
 
-def test_ten_million_entropies_are_fast():
-    rng = np.random.default_rng(0)
-    H = rng.gamma(2.0, 0.5, 10_000_000).astype(np.float32)
-    t0 = time.perf_counter()
-    for cfg in (PatchConfig(), PatchConfig(min_patch_size=1, entropy_threshold=0.0), PatchConfig(method="monotonic")):
-        check_invariants(patch_lengths_from_entropies(H, None, cfg), H.size, cfg)
-    assert time.perf_counter() - t0 < 20  # about 1.5 s on one core; a per-byte Python loop takes minutes
-
-
 def test_str_input_gets_a_clear_error():
     with pytest.raises(TypeError, match="encode"):
         EntropyPatcher(None, PatchConfig(method="byte")).create_patches("text")
@@ -298,6 +340,7 @@ def synthetic_corpus(n_docs=5, n=4000, seed=0):
 @pytest.mark.parametrize("method, target, sizes", [
     ("global", 4.5, dict(min_patch_size=1)), ("global", 2.0, dict(min_patch_size=1)),
     ("global", 6.0, {}), ("monotonic", 4.5, dict(min_patch_size=1)), ("monotonic", 8.0, {}),
+    ("global_monotonic", 6.0, {}), ("global_monotonic", 3.0, dict(min_patch_size=1)),
 ])
 def test_calibration_reaches_its_target(method, target, sizes):
     docs, ents = synthetic_corpus()
@@ -316,6 +359,33 @@ def test_calibration_says_when_the_target_is_out_of_reach():
         calibrate_threshold(None, docs, 500.0, "global", PatchConfig(max_patch_size=16), entropies=ents)
     with pytest.raises(ValueError, match="global"):
         calibrate_threshold(None, docs, 4.0, "space", entropies=ents)
+
+
+def test_calibrate_resolves_a_none_threshold_only():
+    docs, ents = synthetic_corpus()
+    for method in ENTROPY_METHODS:
+        for target in (4.5, 5.0, 7.0):  # 4.5 under min_patch_size 4: the reach of the rule, not the default
+            cfg = calibrate(PatchConfig(method=method, entropy_threshold=None, target_patch_size=target), None,
+                            docs, ents)
+            assert cfg.entropy_threshold is not None and cfg.method == method
+            _, stats = EntropyPatcher(None, cfg).process_data(docs, entropies=ents)
+            assert abs(stats["mean_patch_size"] - target) <= 0.05 * target, (method, target)
+    fixed = PatchConfig(entropy_threshold=0.6)
+    space = PatchConfig(method="space", entropy_threshold=None)
+    assert calibrate(fixed, None, docs, ents) is fixed and calibrate(space, None, docs, ents) is space
+    with pytest.raises(ValueError, match="calibrate"):
+        EntropyPatcher(None, PatchConfig(entropy_threshold=None)).process_data(docs, entropies=ents)
+
+
+def test_meta_roundtrip(model):
+    p = EntropyPatcher(model, PatchConfig(method="global_monotonic", entropy_threshold=1.25, min_patch_size=2,
+                                          cache_dir="elsewhere"))
+    meta = p.to_meta()
+    assert json.loads(json.dumps(meta)) == meta and "cache_dir" not in meta
+    q = patcher_from_meta(meta, model)
+    assert q.entropy_model is model and q.config.patch_key() == p.config.patch_key()
+    with pytest.raises(ValueError, match="unknown PatchConfig keys"):
+        patcher_from_meta({**meta, "threshold": 0.6}, model)
 
 
 def test_entropy_analysis():
@@ -380,36 +450,52 @@ def test_process_data_batches_documents_and_reports(model, counted, tmp_path):
     assert [n.tolist() for n in p.document_patch_lengths(docs)] == [[len(x) for x in ps] for ps in patches]
 
 
-def test_cache_hit_and_recompute_on_model_or_config_change(model, counted, tmp_path):
+def test_entropy_cache_hit_and_recompute_on_model_or_data_change(model, counted, tmp_path):
     docs = [b"cache me if you can " * 5, b"another document"]
     cfg = PatchConfig(entropy_threshold=5.53, min_patch_size=2, cache_dir=str(tmp_path))
     first, s1 = EntropyPatcher(model, cfg).process_data(docs, cache_key="my data/v1")
     assert len(counted) == 1 and not s1["cache_hit"]
     (cached,) = os.listdir(tmp_path)
-    assert cached.startswith("my_data_v1-") and cached.endswith(".npz")
+    assert cached.startswith("my_data_v1-") and cached.endswith(".npy")
     again, s2 = EntropyPatcher(model, cfg).process_data(docs, cache_key="my data/v1")
     assert len(counted) == 1 and s2["cache_hit"] and again == first
-    EntropyPatcher(model, cfg, threshold=5.6).process_data(docs)  # another config
-    assert len(counted) == 2
+    # another threshold: the same entropies (a hit), other patches recomputed from them
+    other_t, s3 = EntropyPatcher(model, cfg, threshold=6.0).process_data(docs, cache_key="my data/v1")
+    assert len(counted) == 1 and s3["cache_hit"] and other_t != first
     EntropyPatcher(model, cfg).process_data(docs[:1])  # other data
-    assert len(counted) == 3
+    assert len(counted) == 2
     other = tiny_model()
     with torch.no_grad():
         next(other.parameters()).add_(1e-3)  # other weights
     EntropyPatcher(other, cfg).process_data(docs, cache_key="my data/v1")
-    assert len(counted) == 4
+    assert len(counted) == 3
+    window = MinimalLLM(EntropyConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=32))
+    window.load_state_dict(model.state_dict(), strict=False)  # same weights, another window
+    assert entropy_cache_path(window, docs, str(tmp_path)) != entropy_cache_path(model, docs, str(tmp_path))
     EntropyPatcher(model, cfg, cache_patches=False).process_data(docs)  # no cache at all
-    assert len(counted) == 5 and len(os.listdir(tmp_path)) == 4
+    assert len(counted) == 4 and len(os.listdir(tmp_path)) == 3
+    np.testing.assert_array_equal(np.concatenate(cached_entropies(model, docs, str(tmp_path))),
+                                  np.concatenate(compute_entropies(model, docs)))
 
 
-@pytest.mark.parametrize("garbage", [b"", b"not a zip file", None])
+@pytest.mark.parametrize("garbage", [b"", b"not a numpy file", "pickle", "npz", "float64", "short", "nan"])
 def test_a_corrupt_cache_file_is_recomputed(model, counted, tmp_path, garbage):
-    docs = [b"corrupt caches are never trusted"]
+    docs = [b"corrupt caches are never trusted", b"!"]
     p = EntropyPatcher(model, PatchConfig(entropy_threshold=5.53, cache_dir=str(tmp_path)))
     good, _ = p.process_data(docs)
-    path = p.cache_path(docs)
-    if garbage is None:  # a valid file whose lengths do not fit the documents
-        ep._write_cache(path, [np.array([1, 2, 3])])
+    path = entropy_cache_path(model, docs, str(tmp_path))
+    assert os.path.exists(path)
+    n = sum(map(len, docs))
+    if garbage == "pickle":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif garbage == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, x=np.zeros(n, np.float32))
+    elif garbage in ("float64", "short", "nan"):
+        bad = {"float64": np.zeros(n), "short": np.zeros(n - 1, np.float32),
+               "nan": np.full(n, np.nan, np.float32)}[garbage]
+        with open(path, "wb") as f:
+            np.save(f, bad)
     else:
         open(path, "wb").write(garbage)
     with pytest.warns(UserWarning, match="recomputing"):
@@ -440,6 +526,8 @@ def test_plot_and_html(tmp_path):
 
 def test_terminal_format_shows_separators_and_whitespace():
     assert format_patches([b"hi ", b"there\n", b"\tx"]) == "hi·▏there↵▏→x"
+    assert terminal_view(b"ab cd ef", [3, 3, 2], max_bytes=7) == "ab·▏cd· ..."  # whole patches only
+    assert terminal_view(b"ab cd ef", [3, 3, 2]) == "ab·▏cd·▏ef"
 
 
 # ---------------------------------------------------------------------------------------------------- command line
@@ -455,8 +543,9 @@ def test_cli_space_method_needs_no_model(tmp_path, capsys):
     assert r["threshold"] is None and r["entropy_bytes_per_s"] is None
 
 
-def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
-    assert ep.main(["--checkpoint", str(tmp_path / "nope.pth"), "--text", "hi"]) == 2
+@pytest.mark.parametrize("flag", ["--checkpoint", "--entropy_model_path"])
+def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys, flag):
+    assert ep.main([flag, str(tmp_path / "nope.pth"), "--text", "hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nope.pth" in err and err.count("\n") == 1
 
@@ -477,3 +566,7 @@ def test_cli_with_a_checkpoint(model, tmp_path, capsys):
     assert (tmp_path / "p.png").exists() and (tmp_path / "p.html").exists()
     assert ep.main(["--checkpoint", str(ckpt), "--text", "x", "--min_patch_size", "9", "--max_patch_size", "3"]) == 2
     assert "min_patch_size" in capsys.readouterr().err
+    assert ep.main(["--entropy_model_path", str(ckpt), "--text", text, "--method", "global_monotonic",
+                    "--target_patch_size", "5", "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["method"] == "global_monotonic" and abs(r["mean_patch_size"] - 5) <= 0.25
