@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------------------------------
 # Layers
 
@@ -197,7 +196,8 @@ def block_flops_per_token(dim: int, hidden: int, context: float) -> float:
 
 def lm_flops_per_token(dim: int, n_layers: int, vocab_size: int, seq_len: int) -> float:
     """Forward FLOPs per token of a CausalLM: its blocks at mean causal context, plus the vocab head."""
-    return n_layers * block_flops_per_token(dim, mlp_hidden(dim), causal_context(seq_len)) + 2 * dim * vocab_size
+    blocks = n_layers * block_flops_per_token(dim, mlp_hidden(dim), causal_context(seq_len))
+    return blocks + 2 * dim * vocab_size  # + the head
 
 
 def causal_context(seq_len: int, window: int | None = None) -> float:
@@ -426,7 +426,8 @@ class CausalLM(CarriesConfig, nn.Module):
         logits = self.head(self.norm(x))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100)
         return logits, loss
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
