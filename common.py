@@ -376,6 +376,9 @@ class TrainFields:
     ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
     seed: int = 1337  # init and data order
 
+    def __post_init__(self):  # configs that add fields call check_lm_sizes() from their own
+        self.check_train_sizes()
+
     def check_train_sizes(self):
         if min(self.batch_size, self.max_steps) < 1:
             raise ValueError("batch_size and max_steps must be positive")
