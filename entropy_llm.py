@@ -234,7 +234,7 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
                 "train_bytes": train_bytes, "params": count_params(model),
                 "bytes_per_s": result["bytes_per_s"], "train_loss": result["loss"],
                 "flops_per_byte": flops_per_byte(config), "checkpoint": out, "steps": config.max_steps,
-                "config": dataclasses.asdict(config)}
+                "evals": result["evals"], "config": dataclasses.asdict(config)}
     finally:
         cleanup_distributed()
 

@@ -320,3 +320,27 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(tmp_path, monkeypa
     resumed = train_entropy_model(cfg, train, val, killed, "cpu", resume=killed)
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], abs=1e-5)
     assert resumed["val_bpb"] == pytest.approx(full["val_bpb"], abs=1e-5)
+
+
+# -------------------------------------------------------------------------------- training.py's loop
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    from training import lr_at
+
+    lrs = [lr_at(s, max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1) for s in range(110)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)  # cosine's midpoint
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_intermediate_evaluations_score_a_prefix_and_the_last_scores_everything(tmp_path):
+    from entropy_llm import train_entropy_model
+
+    train, val = split_documents(load_corpus("builtin", max_bytes=150_000))
+    assert len(val) > 1
+    cfg = build_config("tiny", batch_size=4, max_steps=4, eval_interval=2, ckpt_interval=0, eval_max_bytes=1)
+    rep = train_entropy_model(cfg, train, val, str(tmp_path / "e.pth"), "cpu")
+    assert [e["step"] for e in rep["evals"]] == [2, 4]
+    assert rep["evals"][0]["val_bytes"] < rep["evals"][1]["val_bytes"] == sum(map(len, val))
+    assert rep["evals"][1]["val_bpb"] == rep["val_bpb"]
