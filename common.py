@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
 import random
+import re
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -262,7 +264,7 @@ def add_config_args(parser, cls, skip: tuple[str, ...] = (), defaults: dict | No
     "none"; tuple fields get no flag. `aliases` maps a field to old spellings that set the same field and
     are left out of --help.
     """
-    defaults, aliases = defaults or {}, aliases or {}
+    defaults, aliases, comments = defaults or {}, aliases or {}, field_comments(cls)
     for f in dataclasses.fields(cls):
         default = defaults.get(f.name, f.default)
         kind = _flag_type(f, default)
@@ -272,7 +274,8 @@ def add_config_args(parser, cls, skip: tuple[str, ...] = (), defaults: dict | No
         metavar = "BOOL" if kind is bool else f.name.upper()
         parse = _parse_bool if kind is bool else _or_none(kind, f)
         kw = dict(dest=f.name, type=parse, default=argparse.SUPPRESS, metavar=metavar)
-        parser.add_argument(f"--{f.name}", help=f"{cls.__name__}.{f.name}{shown}", **kw)
+        about = comments.get(f.name, f"{cls.__name__}.{f.name}").replace("%", "%%")
+        parser.add_argument(f"--{f.name}", help=about + shown, **kw)
         for old in aliases.get(f.name, ()):
             parser.add_argument(f"--{old}", help=argparse.SUPPRESS, **kw)
 
@@ -290,8 +293,8 @@ def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
     parser.add_argument("--quick_demo", action="store_true", help=quick_help)
     parser.add_argument("--out", default=out, help=f"checkpoint to write (default: {out})")
     parser.add_argument("--checkpoint", default=None, help="model to read with --eval or --resume")
-    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="",
-                        help="continue the run saved in --checkpoint (default: --out) exactly")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --checkpoint (default: --out), exactly")
     parser.add_argument("--eval", action="store_true", help="evaluate --checkpoint on every byte of --data")
     parser.add_argument("--report", default=None, help="write the figures as JSON here")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
@@ -299,10 +302,8 @@ def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
 
 
 def resume_path(args) -> str | None:
-    """The checkpoint --resume continues: --checkpoint, else --out (`--resume FILE` is the old spelling)."""
-    if args.resume is None:
-        return None
-    return args.resume or args.checkpoint or args.out
+    """The checkpoint --resume continues: --checkpoint, else --out (None without --resume)."""
+    return (args.checkpoint or args.out) if args.resume else None
 
 
 def config_overrides(args, cls) -> dict:
@@ -324,6 +325,18 @@ def preset_config(cls, presets: dict, preset: str, *layers: dict, **overrides):
     for layer in layers:
         fields.update(layer)
     return config_from_dict(cls, fields, **overrides)
+
+
+def field_comments(cls) -> dict[str, str]:
+    """The comment after each field of a dataclass and its bases (`name: type = default  # comment`)."""
+    out = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # built in, or defined where no source is kept
+            continue
+        out.update(re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", source, flags=re.MULTILINE))
+    return out
 
 
 def _flag_type(f, default):
