@@ -17,15 +17,11 @@ min_patch_size does not apply to them (a byte patcher with a minimum of 4 would 
 asserted where lengths are made: every length is >= 1 and <= max_patch_size, every length but a document's
 last is >= the minimum, and the lengths sum to the number of bytes.
 
-Causality: whether byte i starts a patch depends on bytes < i only, so the same rule runs byte by byte
-while generating (PatchStream, the source of BLTModel.generate's patch starts). H[i] is itself a function
-of bytes < i. The `space` rule of DESIGN.md
-("start at the first alphanumeric byte after a non-alphanumeric one", after SpaceByte, Slagle 2024) looks at
-byte i itself, which would leak byte i into the patch structure at position i. We use its causal form: byte
-i starts a patch when byte i-1 is space-like and byte i-2 is not, i.e. a patch ends after the first
-space-like byte that follows a word. Word bytes are ASCII letters and digits and every byte >= 0x80 (so a
-UTF-8 character is never split); every other byte is space-like, and the document start counts as
-space-like (leading whitespace joins the first patch). b"hello, world" -> b"hello," b" world".
+Causality: whether byte i starts a patch depends on bytes < i only (H[i] is a function of bytes < i), so
+the same rule runs byte by byte while generating (PatchStream). `space` is the causal form of SpaceByte's
+rule (Slagle 2024): byte i starts a patch when byte i-1 is space-like and byte i-2 is not. Word bytes are
+ASCII letters and digits and every byte >= 0x80 (a UTF-8 character is never split); the document start
+counts as space-like. b"hello, world" -> b"hello," b" world".
 
 Worked example (global, threshold 1.0, min_patch_size 2):
 
@@ -42,9 +38,10 @@ patch lengths are cheap and always recomputed from them. Pictures of patches are
 Shape letters: N bytes of one document, B rows of a batch, T bytes per row, P patches (per row).
 
     python entropy_patcher.py --entropy_model_path entropy_model.pth --text "The BLT groups bytes."
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hello" --plot p.png --html p.html
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --max_bytes 1000000 --report patcher.json
-    python entropy_patcher.py --checkpoint entropy_model.pth --target_patch_size 4.5 --method global_monotonic
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hi" --plot p.png --html p.html
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --max_bytes 1000000 --report p.json
+    python entropy_patcher.py --entropy_model_path entropy_model.pth --target_patch_size 4.5 \
+        --method global_monotonic
     python entropy_patcher.py --method space --text "no entropy model needed for space patching"
 """
 from __future__ import annotations
@@ -66,17 +63,18 @@ import torch
 from byte_data import DataError, load_corpus
 from common import atomic_write, config_from_dict, pick_device, write_report
 from entropy_llm import EntropyStream, compute_entropies
-from patch_pictures import plot_entropies, terminal_view, write_html
+from patch_pictures import patch_statistics, plot_entropies, terminal_view, write_html
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
+
+__all__ = ["patch_statistics"]  # re-exported: callers read the statistics from the patcher module
 
 METHODS = ("global", "monotonic", "global_monotonic", "static", "space", "byte")
 ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")  # the methods that read H
 CACHE_FIELDS = ("cache_patches", "cache_dir")  # config fields that do not change the patches
 ANALYSIS_PATCH_SIZES = (2, 3, 4.5, 6, 8)  # target mean patch sizes of analyze_entropy_distribution
 
-# Word bytes for the `space` rule: ASCII letters and digits, and every byte >= 0x80 (UTF-8 lead and
-# continuation bytes), so a multi-byte character is never cut. Every other byte is space-like.
-_WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,)
+# the `space` rule's word bytes (module docstring); every other byte is space-like
+WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,)
 
 
 @dataclass
@@ -98,23 +96,17 @@ class PatchConfig:
             raise ValueError(f"unknown patching method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("patch_size", "min_patch_size", "max_patch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer number of bytes, got {v!r}")
-            if v < 1:
-                raise ValueError(f"{name} must be >= 1 byte, got {v}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be an integer number of bytes >= 1, got {v!r}")
             setattr(self, name, int(v))
-        if self.min_patch_size > self.max_patch_size:
-            raise ValueError(f"min_patch_size ({self.min_patch_size}) > max_patch_size "
-                             f"({self.max_patch_size})")
-        if self.method == "static" and self.patch_size > self.max_patch_size:
-            raise ValueError(f"static patch_size ({self.patch_size}) > max_patch_size "
-                             f"({self.max_patch_size})")
+        for name, other in (("min_patch_size", self.min_patch_size), ("static patch_size", self.patch_size)):
+            if other > self.max_patch_size and (name[0] == "m" or self.method == "static"):
+                raise ValueError(f"{name} ({other}) > max_patch_size ({self.max_patch_size})")
         for name in ("entropy_threshold", "monotonic_threshold", "target_patch_size"):
             v = getattr(self, name)
             if v is None and name == "entropy_threshold":
                 continue
-            number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            if not number or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
             setattr(self, name, float(v))  # any sign: a threshold on H[i] - H[i-1] may well be negative
         if self.target_patch_size < 1:
@@ -128,11 +120,8 @@ class PatchConfig:
     @property
     def size_bounds(self) -> tuple[int, int]:
         """(min, max) patch length the scan enforces; static and byte fix every length."""
-        if self.method == "byte":
-            return 1, 1
-        if self.method == "static":
-            return self.patch_size, self.patch_size
-        return self.min_patch_size, self.max_patch_size
+        fixed = {"byte": 1, "static": self.patch_size}.get(self.method)
+        return (fixed, fixed) if fixed else (self.min_patch_size, self.max_patch_size)
 
     def patch_key(self) -> dict:
         """The fields that decide the patches (everything but the cache settings): checkpoint metadata."""
@@ -143,15 +132,13 @@ class PatchConfig:
 # Pure functions: entropies and bytes -> candidate starts -> patch lengths
 
 
-def _byte_array(data) -> np.ndarray:
+def byte_array(data) -> np.ndarray:
     """bytes-like, numpy or torch -> integer array of byte values (no copy for bytes)."""
     if isinstance(data, str):
         raise TypeError("expected bytes, got str; encode it first, e.g. text.encode('utf-8')")
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)
-    if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().numpy()
-    x = np.asarray(data)
+    x = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.integer):
             raise TypeError(f"byte values must be integers, got dtype {x.dtype}")
@@ -160,39 +147,31 @@ def _byte_array(data) -> np.ndarray:
     return x
 
 
-def _entropy_array(entropies) -> np.ndarray:
-    """-> float64 array. Every comparison is made in float64, so numpy, torch and the streaming form
-    (Python floats) agree exactly, also for thresholds that float32 cannot represent."""
-    if isinstance(entropies, torch.Tensor):
-        return entropies.detach().cpu().double().numpy()
-    return np.asarray(entropies, dtype=np.float64)
-
-
 def patch_start_mask(entropies, data, config: PatchConfig) -> np.ndarray:
     """Candidate patch starts before the min/max scan: bool (..., N), True where byte i may start a patch.
 
-    entropies: H in nats, (N,) or (B, N), or None for methods that do not read it. data: the bytes (bytes,
-    or an integer array (N,) / (B, N)), or None for methods that do not read them. Rows of a batch are
-    independent documents; entry i depends on H[<= i] and bytes < i only. Byte 0 is always a start.
+    entropies: H in nats, (N,) or (B, N), or None for methods that do not read it; data: the bytes, or None
+    for methods that do not read them. Rows are independent documents; entry i depends on H[<= i] and bytes
+    < i only. Byte 0 is always a start. Comparisons run in float64, so numpy, torch and the streaming form
+    (Python floats) agree exactly, also for thresholds that float32 cannot represent.
     """
-    h = None if entropies is None else _entropy_array(entropies)
-    x = None if data is None else _byte_array(data)
-    method = config.method
-    if h is None and method in ENTROPY_METHODS:
-        raise ValueError(f"patching method {method!r} needs entropies")
+    if isinstance(entropies, torch.Tensor):
+        entropies = entropies.detach().cpu().double()
+    h = None if entropies is None else np.asarray(entropies, dtype=np.float64)
+    x = None if data is None else byte_array(data)
+    method, t = config.method, config.entropy_threshold
+    if method in ENTROPY_METHODS and (h is None or t is None):
+        raise ValueError(f"patching method {method!r} needs entropies and an entropy_threshold "
+                         "(a None threshold: calibrate it first with entropy_patcher.calibrate)")
     if x is None and method == "space":
         raise ValueError("patching method 'space' needs the bytes")
     if h is not None and x is not None and h.shape != x.shape:
         raise ValueError(f"entropies {h.shape} and bytes {x.shape} differ in shape")
-    ref = h if h is not None else x
-    if ref is None:
+    if h is None and x is None:
         raise ValueError("give entropies or bytes (the mask needs at least a length)")
-    mask = np.zeros(ref.shape, dtype=bool)  # (..., N)
-    if ref.shape[-1] == 0:
+    mask = np.zeros((h if h is not None else x).shape, dtype=bool)  # (..., N)
+    if mask.shape[-1] == 0:
         return mask
-    t = config.entropy_threshold
-    if t is None and method in ENTROPY_METHODS:
-        raise ValueError("entropy_threshold is None: calibrate it first (entropy_patcher.calibrate)")
     if method == "global":
         mask[...] = h > t
     elif method == "monotonic":
@@ -202,9 +181,8 @@ def patch_start_mask(entropies, data, config: PatchConfig) -> np.ndarray:
     elif method == "static":
         mask[..., ::config.patch_size] = True
     elif method == "space":
-        space = ~_WORD_BYTE[x]  # (..., N) True for space-like bytes
-        # byte i starts when byte i-1 is space-like and byte i-2 is not; byte 1 never does, because the
-        # document start (byte -1) counts as space-like
+        space = ~WORD_BYTE[x]  # (..., N) True for space-like bytes
+        # byte 1 never starts: the document start (byte -1) counts as space-like
         mask[..., 2:] = space[..., 1:-1] & ~space[..., :-2]
     elif method == "byte":
         mask[...] = True
@@ -212,15 +190,7 @@ def patch_start_mask(entropies, data, config: PatchConfig) -> np.ndarray:
     return mask
 
 
-def _check_lengths(lengths: np.ndarray, n: int, lo: int, hi: int):
-    """The patching invariants (module docstring), for the lengths of one document of n bytes."""
-    assert int(lengths.sum()) == n, f"patch lengths sum to {int(lengths.sum())}, not to the {n} bytes"
-    if len(lengths):
-        assert lengths.min() >= 1 and lengths.max() <= hi, f"a patch length is outside [1, {hi}]"
-        assert len(lengths) == 1 or lengths[:-1].min() >= lo, f"a patch before the last is shorter than {lo}"
-
-
-def _scan_starts(mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def scan_starts(mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """The min/max scan over one document's candidates: mask (N,) bool -> patch starts (P,) int64.
 
     From a start s, the next start is the first candidate at least lo bytes on, or s + hi (forced),
@@ -232,13 +202,8 @@ def _scan_starts(mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
     if lo == hi:  # static / byte: every start is forced
         return np.arange(0, n, hi, dtype=np.int64)
     if lo == 1:  # every candidate is kept; only gaps longer than hi get forced starts (vectorised)
-        cand = np.flatnonzero(mask)
-        if cand.size == 0 or cand[0] != 0:
-            cand = np.concatenate([[0], cand])
-        gaps = np.diff(cand, append=n)  # (K,) bytes from each candidate to the next (or the end)
-        extra = (gaps - 1) // hi  # forced starts inside each gap
-        if not extra.any():
-            return cand.astype(np.int64)
+        cand = np.union1d([0], np.flatnonzero(mask))
+        extra = (np.diff(cand, append=n) - 1) // hi  # (K,) forced starts inside the gap after each candidate
         base = np.repeat(cand, extra)  # the candidate each forced start follows
         k = np.arange(base.size) - np.repeat(np.cumsum(extra) - extra, extra) + 1  # 1, 2, ... within a gap
         return np.sort(np.concatenate([cand, base + k * hi])).astype(np.int64)
@@ -248,15 +213,12 @@ def _scan_starts(mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
     pos = np.arange(n + 1, dtype=dtype)
     first = np.where(np.append(mask, True), pos, n).astype(dtype)  # (N+1,) sentinel candidate at n
     first = np.minimum.accumulate(first[::-1])[::-1]  # first[j] = first candidate >= j (n if none)
-    nxt = np.minimum(first[np.minimum(pos[:n] + lo, n)], pos[:n] + hi)  # (N,) values in (s, n]
-    jump = memoryview(np.ascontiguousarray(nxt))
+    jump = memoryview(np.ascontiguousarray(np.minimum(first[np.minimum(pos[:n] + lo, n)], pos[:n] + hi)))
     starts = np.empty((n - 1) // lo + 1, dtype=np.int64)  # all but the last patch are >= lo
     out = memoryview(starts)
     s = p = 0
     while s < n:
-        out[p] = s
-        p += 1
-        s = jump[s]
+        out[p], p, s = s, p + 1, jump[s]
     return starts[:p]
 
 
@@ -265,10 +227,12 @@ def starts_to_lengths(mask, config: PatchConfig) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 1:
         raise ValueError(f"starts_to_lengths takes one document's mask (N,), got shape {mask.shape}")
-    lo, hi = config.size_bounds
-    n = mask.shape[0]
-    lengths = np.diff(_scan_starts(mask, lo, hi), append=n)  # (P,)
-    _check_lengths(lengths, n, lo, hi)
+    (lo, hi), n = config.size_bounds, mask.shape[0]
+    lengths = np.diff(scan_starts(mask, lo, hi), append=n)  # (P,)
+    assert int(lengths.sum()) == n, f"patch lengths sum to {int(lengths.sum())}, not to the {n} bytes"
+    if len(lengths):
+        assert lengths.min() >= 1 and lengths.max() <= hi, f"a patch length is outside [1, {hi}]"
+        assert len(lengths) == 1 or lengths[:-1].min() >= lo, f"a patch before the last is shorter than {lo}"
     return lengths
 
 
@@ -279,43 +243,38 @@ def patch_lengths_from_entropies(entropies, data, config: PatchConfig) -> np.nda
 
 def split_patches(data, lengths) -> list[bytes]:
     """Cut bytes into patches of the given lengths."""
-    data = bytes(data)
-    ends = np.cumsum(lengths).tolist()
+    data, ends = bytes(data), np.cumsum(lengths).tolist()
     if (ends[-1] if ends else 0) != len(data):
         raise ValueError(f"patch lengths sum to {ends[-1] if ends else 0}, not to the {len(data)} bytes")
     return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def patch_lengths_batch(entropies, data, valid_lengths, config: PatchConfig) -> torch.Tensor:
-    """A batch of documents: H (B, T) and bytes (B, T) tensors (either None if the method does not read it),
+    """A batch of documents: H (B, T) and bytes (B, T) (either None if the method does not read it),
     valid_lengths (B,) (None = all T) -> patch lengths (B, P_max) long, right-padded with zeros.
 
     Row b's lengths sum to valid_lengths[b]; bytes past it are ignored (the rule is causal, so padding
-    cannot move an earlier start). The masks are computed for the whole batch at once; the min/max scan
-    runs per row on the CPU.
+    cannot move an earlier start). Masks are computed for the whole batch; the scan runs per row on the CPU.
     """
     ref = data if data is not None else entropies
     if ref is None:
         raise ValueError("give entropies or bytes")
     B, T = ref.shape
-    device = ref.device if isinstance(ref, torch.Tensor) else torch.device("cpu")
-    if valid_lengths is None:
-        valid = np.full(B, T, dtype=np.int64)
-    else:
-        valid = np.asarray(valid_lengths.cpu() if isinstance(valid_lengths, torch.Tensor) else valid_lengths)
-        valid = valid.astype(np.int64).reshape(B)
+    valid = np.full(B, T) if valid_lengths is None else np.asarray(
+        valid_lengths.cpu() if isinstance(valid_lengths, torch.Tensor) else valid_lengths).reshape(B)
+    valid = valid.astype(np.int64)
     if valid.size and (valid.min() < 0 or valid.max() > T):
         raise ValueError(f"valid_lengths must lie in 0..{T}")
     x = None
     if data is not None:  # padding may hold any value (e.g. -1): zero it so the byte table lookup is valid
-        x = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        x = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data)
         x = np.where(np.arange(T) < valid[:, None], x, 0)  # (B, T)
     mask = patch_start_mask(entropies, x, config)  # (B, T)
     rows = [starts_to_lengths(mask[b, :valid[b]], config) for b in range(B)]
-    out = np.zeros((B, max((len(r) for r in rows), default=0)), dtype=np.int64)  # (B, P_max)
+    out = np.zeros((B, max(map(len, rows), default=0)), dtype=np.int64)  # (B, P_max)
     for b, r in enumerate(rows):
         out[b, :len(r)] = r
-    return torch.from_numpy(out).to(device)
+    return torch.from_numpy(out).to(ref.device if isinstance(ref, torch.Tensor) else "cpu")
 
 
 class PatchStream:
@@ -403,6 +362,17 @@ class PatchStream:
 # Entropies of many documents, and their disk cache
 
 
+def documents(byte_sequences) -> list[bytes]:
+    """A list of documents as bytes (bytearray and memoryview converted); a lone document is an error."""
+    if isinstance(byte_sequences, (bytes, bytearray, memoryview, str)):
+        raise TypeError("expected a list of documents (bytes); wrap a single document as [doc]")
+    docs = [bytes(d) if isinstance(d, (bytearray, memoryview)) else d for d in byte_sequences]
+    for d in docs:
+        if not isinstance(d, bytes):
+            raise TypeError(f"documents must be bytes, got {type(d).__name__}")
+    return docs
+
+
 def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
                        show_progress=None) -> list[np.ndarray]:
     """H for each document, from one batched compute_entropies call over all of them."""
@@ -430,42 +400,37 @@ def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: 
     return os.path.join(cache_dir, f"{label}-{h.hexdigest()[:32]}.npy")
 
 
-def _read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
+def read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
     """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed)."""
     if not os.path.exists(path):
         return None
-    total = sum(map(len, docs))
     try:
         flat = np.load(path, allow_pickle=False)
-        ok = (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.shape == (total,)
-              and bool(np.isfinite(flat).all()))
+        fits = (isinstance(flat, np.ndarray) and flat.dtype == np.float32
+                and flat.shape == (sum(map(len, docs)),) and bool(np.isfinite(flat).all()))
+        problem = None if fits else "does not fit the documents"
     except Exception as e:  # truncated, empty, not numpy at all: a cache is recomputed, never trusted
-        warnings.warn(f"entropy cache {path} is unreadable ({type(e).__name__}: {e}); recomputing",
-                      stacklevel=3)
-        return None
-    if not ok:
-        warnings.warn(f"entropy cache {path} does not fit the documents; recomputing", stacklevel=3)
+        problem = f"is unreadable ({type(e).__name__}: {e})"
+    if problem:
+        warnings.warn(f"entropy cache {path} {problem}; recomputing", stacklevel=3)
         return None
     return np.split(flat, np.cumsum([len(d) for d in docs])[:-1]) if docs else []
 
 
 def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, label: str | None = None,
-                     batch_size: int | None = None, show_progress=None) -> list[np.ndarray]:
+                     batch_size: int | None = None, show_progress=None, with_hit: bool = False):
     """H of every document, computed once per (documents, entropy model, window) and kept in cache_dir
-    (None: no disk cache). A file that is unreadable or does not fit is recomputed and rewritten."""
-    return _entropies_and_hit(entropy_model, docs, cache_dir, label, batch_size, show_progress)[0]
-
-
-def _entropies_and_hit(entropy_model, docs, cache_dir, label, batch_size, show_progress):
-    docs = _documents(docs)
+    (None: no disk cache). A file that is unreadable or does not fit is recomputed and rewritten.
+    with_hit=True returns (entropies, whether they came from the cache)."""
+    docs = documents(docs)
     if entropy_model is None:
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
     path = None if cache_dir is None else entropy_cache_path(entropy_model, docs, cache_dir, label)
-    cached = None if path is None else _read_entropy_cache(path, docs)
-    if cached is not None:
-        return cached, True
-    ent = document_entropies(entropy_model, docs, batch_size, show_progress)
-    if path is not None:
+    ent = None if path is None else read_entropy_cache(path, docs)
+    hit = ent is not None
+    if not hit:
+        ent = document_entropies(entropy_model, docs, batch_size, show_progress)
+    if path is not None and not hit:
         flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
 
         def write(tmp):
@@ -473,36 +438,11 @@ def _entropies_and_hit(entropy_model, docs, cache_dir, label, batch_size, show_p
                 np.save(f, flat)
 
         atomic_write(path, write)
-    return ent, False
+    return (ent, hit) if with_hit else ent
 
 
 # ----------------------------------------------------------------------------------------------------
 # The patcher: an entropy model plus a PatchConfig
-
-
-def _documents(byte_sequences) -> list[bytes]:
-    if isinstance(byte_sequences, (bytes, bytearray, memoryview, str)):
-        raise TypeError("expected a list of documents (bytes); wrap a single document as [doc]")
-    docs = [bytes(d) if isinstance(d, (bytearray, memoryview)) else d for d in byte_sequences]
-    for d in docs:
-        if not isinstance(d, bytes):
-            raise TypeError(f"documents must be bytes, got {type(d).__name__}")
-    return docs
-
-
-def patch_statistics(doc_lengths: list[np.ndarray]) -> dict:
-    """Figures over the patch lengths of many documents (JSON-ready)."""
-    lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(lengths) if lengths.size else np.zeros(0, dtype=np.int64)
-    return {
-        "num_documents": len(doc_lengths),
-        "num_bytes": int(lengths.sum()),
-        "num_patches": int(lengths.size),
-        "mean_patch_size": float(lengths.mean()) if lengths.size else 0.0,
-        "median_patch_size": float(np.median(lengths)) if lengths.size else 0.0,
-        "max_patch_size_seen": int(lengths.max()) if lengths.size else 0,
-        "size_histogram": {int(k): int(v) for k, v in enumerate(counts) if v},  # patch length -> count
-    }
 
 
 class EntropyPatcher:
@@ -517,16 +457,12 @@ class EntropyPatcher:
     def __init__(self, entropy_model=None, config: PatchConfig | None = None, *,
                  threshold: float | None = None, method: str | None = None, batch_size: int | None = None,
                  **config_fields):
-        if config is None:
-            config = PatchConfig()
-        elif not isinstance(config, PatchConfig):
+        if config is not None and not isinstance(config, PatchConfig):
             raise TypeError(f"the second argument is a PatchConfig, got {type(config).__name__} "
                             "(pass a threshold as threshold=...)")
-        if threshold is not None:
-            config_fields["entropy_threshold"] = threshold
-        if method is not None:
-            config_fields["method"] = method
-        self.config = dataclasses.replace(config, **config_fields) if config_fields else config
+        named = {"entropy_threshold": threshold, "method": method}
+        config_fields.update({k: v for k, v in named.items() if v is not None})
+        self.config = dataclasses.replace(config or PatchConfig(), **config_fields)
         self.entropy_model = entropy_model
         self.batch_size = batch_size  # passed to compute_entropies (None = its default)
 
@@ -534,12 +470,12 @@ class EntropyPatcher:
 
     def entropies(self, byte_sequence) -> np.ndarray:
         """H (N,) float32 nats for one document."""
-        doc = _byte_array(byte_sequence).tobytes()
+        doc = byte_array(byte_sequence).tobytes()
         return document_entropies(self.entropy_model, [doc], self.batch_size)[0]
 
     def patch_lengths(self, byte_sequence, entropies=None) -> np.ndarray:
         """(P,) int64 patch lengths of one document (entropies are computed unless given or not needed)."""
-        x = _byte_array(byte_sequence)
+        x = byte_array(byte_sequence)
         if entropies is None and self.config.needs_entropy:
             entropies = self.entropies(byte_sequence) if len(x) else np.zeros(0, dtype=np.float32)
         return patch_lengths_from_entropies(entropies, x, self.config)
@@ -555,33 +491,29 @@ class EntropyPatcher:
     # many documents
 
     def document_patch_lengths(self, byte_sequences, cache_key: str | None = None, entropies=None,
-                               show_progress=None) -> list[np.ndarray]:
+                               show_progress=None, with_hit: bool = False):
         """Patch lengths of every document (what training reads); entropies from the disk cache when
-        cache_patches."""
-        return self._document_lengths(_documents(byte_sequences), cache_key, entropies, show_progress)[0]
-
-    def process_data(self, byte_sequences, cache_key: str | None = None, entropies=None,
-                     show_progress=None) -> tuple[list[list[bytes]], dict]:
-        """Documents -> (patches per document, stats). Entropies are computed in one batched call over all
-        documents, or read from the cache; cache_key is a readable label for the cache file."""
-        docs = _documents(byte_sequences)
-        doc_lengths, cache_hit = self._document_lengths(docs, cache_key, entropies, show_progress)
-        patches = [split_patches(d, n) for d, n in zip(docs, doc_lengths)]
-        stats = patch_statistics(doc_lengths)
-        stats.update(method=self.config.method, cache_hit=cache_hit)
-        return patches, stats
-
-    def _document_lengths(self, docs, cache_key, entropies, show_progress) -> tuple[list[np.ndarray], bool]:
-        hit = False
+        cache_patches (cache_key: a readable label for the cache file); with_hit: also whether they were."""
+        docs, hit = documents(byte_sequences), False
         if not self.config.needs_entropy:
             entropies = [None] * len(docs)
         elif entropies is None:
             cache_dir = self.config.cache_dir if self.config.cache_patches else None
-            entropies, hit = _entropies_and_hit(self.entropy_model, docs, cache_dir, cache_key,
-                                                self.batch_size, show_progress)
+            entropies, hit = cached_entropies(self.entropy_model, docs, cache_dir, cache_key, self.batch_size,
+                                              show_progress, with_hit=True)
         if len(entropies) != len(docs):
             raise ValueError(f"{len(entropies)} entropy arrays for {len(docs)} documents")
-        return [patch_lengths_from_entropies(h, d, self.config) for h, d in zip(entropies, docs)], hit
+        lengths = [patch_lengths_from_entropies(h, d, self.config) for h, d in zip(entropies, docs)]
+        return (lengths, hit) if with_hit else lengths
+
+    def process_data(self, byte_sequences, cache_key: str | None = None, entropies=None,
+                     show_progress=None) -> tuple[list[list[bytes]], dict]:
+        """Documents -> (patches per document, stats), entropies as in document_patch_lengths."""
+        docs = documents(byte_sequences)
+        doc_lengths, hit = self.document_patch_lengths(docs, cache_key, entropies, show_progress, True)
+        stats = patch_statistics(doc_lengths)
+        stats.update(method=self.config.method, cache_hit=hit)
+        return [split_patches(d, n) for d, n in zip(docs, doc_lengths)], stats
 
     def to_meta(self) -> dict:
         """The patch config as a JSON-ready dict, for checkpoint metadata (patcher_from_meta inverts it)."""
@@ -601,17 +533,16 @@ class CalibrationError(ValueError):
     """No threshold reaches the target mean patch size; the message says what is reachable."""
 
 
-def _mean_patch_size(entropies: list[np.ndarray], docs: list[bytes], config: PatchConfig) -> float:
-    n_bytes = sum(len(d) for d in docs)
+def mean_patch_size(entropies: list[np.ndarray], docs: list[bytes], config: PatchConfig) -> float:
+    """Bytes per patch over all documents."""
     n_patches = sum(len(patch_lengths_from_entropies(h, d, config)) for h, d in zip(entropies, docs))
-    return n_bytes / n_patches if n_patches else 0.0
+    return sum(map(len, docs)) / n_patches if n_patches else 0.0
 
 
 def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: float, method: str = "global",
                         config: PatchConfig | None = None, entropies=None, tol: float = 0.05) -> float:
-    """The entropy_threshold at which `method` (global, monotonic or global_monotonic, whose
-    monotonic_threshold stays as configured) gives a mean patch size (bytes per
-    patch over all documents) within tol of the target, under config's min/max sizes (default PatchConfig).
+    """The entropy_threshold at which `method` (an entropy method; global_monotonic keeps its configured
+    monotonic_threshold) gives a mean patch size within tol of the target, under config's size limits.
 
     Bisection over the distinct values of the score (H, or H[i] - H[i-1]): the mean patch size only changes
     when the threshold crosses one, and never decreases as the threshold rises. Returns a threshold halfway
@@ -620,27 +551,25 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
     """
     if method not in ENTROPY_METHODS:
         raise ValueError(f"calibration supports the entropy methods {ENTROPY_METHODS}, not {method!r}")
-    config = dataclasses.replace(config or PatchConfig(), method=method)
-    docs = _documents(byte_sequences)
+    config, target = dataclasses.replace(config or PatchConfig(), method=method), target_mean_patch_size
+    docs = documents(byte_sequences)
     if entropies is None:
         entropies = document_entropies(entropy_model, docs)
-    entropies = [np.asarray(h, dtype=np.float64) for h in entropies]
-    if sum(len(d) for d in docs) == 0:
+    hs = [np.asarray(h, dtype=np.float64) for h in entropies]
+    if sum(map(len, docs)) == 0:
         raise CalibrationError("cannot calibrate a threshold on empty data")
-    # the score a threshold cuts, per byte but byte 0 (which always starts); global_monotonic keeps its own
-    # monotonic_threshold, and its entropy_threshold only cuts among the bytes that pass it
+    # the score a threshold cuts, per byte but byte 0 (which always starts)
     scores = [h[1:] if method == "global" else np.diff(h) if method == "monotonic"
-              else h[1:][np.diff(h) > config.monotonic_threshold] for h in entropies]
+              else h[1:][np.diff(h) > config.monotonic_threshold] for h in hs]
     vals = np.unique(np.concatenate(scores))
     vals = vals[np.isfinite(vals)]
 
-    def threshold(k: int) -> float:  # k = -1: below every value; k = K-1: at the top (no candidates)
+    def threshold(k: int) -> float:  # k = -1: below every value; k = K-1: above them all (no candidates)
         if vals.size == 0:  # no byte can be cut: any threshold does
             return 0.0
-        if k < 0:
-            return float(vals[0] - 1e-3 * max(1.0, abs(vals[0])))
-        if k == vals.size - 1:
-            return float(vals[-1] + 1e-3 * max(1.0, abs(vals[-1])))
+        if k < 0 or k == vals.size - 1:
+            v = vals[max(k, 0)]
+            return float(v + (1 if k >= 0 else -1) * 1e-3 * max(1.0, abs(v)))
         mid = float(vals[k] + (vals[k + 1] - vals[k]) / 2)
         return mid if mid < vals[k + 1] else float(vals[k])
 
@@ -648,38 +577,29 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
 
     def mean_at(k: int) -> float:  # each evaluation is a full scan over the data: remember them
         if k not in means:
-            at_k = dataclasses.replace(config, entropy_threshold=threshold(k))
-            means[k] = _mean_patch_size(entropies, docs, at_k)
+            means[k] = mean_patch_size(hs, docs, dataclasses.replace(config, entropy_threshold=threshold(k)))
         return means[k]
 
     lo_k, hi_k = -1, vals.size - 1
     low, high = mean_at(lo_k), mean_at(hi_k)
-    if target_mean_patch_size >= high:
-        best = hi_k
-    elif target_mean_patch_size <= low:
-        best = lo_k
-    else:  # invariant: mean_at(lo_k) < target <= mean_at(hi_k)
+    if low < target < high:  # invariant: mean_at(lo_k) < target <= mean_at(hi_k)
         while hi_k - lo_k > 1:
             mid = (lo_k + hi_k) // 2
-            if mean_at(mid) < target_mean_patch_size:
-                lo_k = mid
-            else:
-                hi_k = mid
-        best = min((lo_k, hi_k), key=lambda k: abs(mean_at(k) - target_mean_patch_size))
-    got = mean_at(best)
-    if abs(got - target_mean_patch_size) > tol * target_mean_patch_size:
-        lo_sz, hi_sz = config.size_bounds
-        if target_mean_patch_size > high:
-            why = (f"the largest reachable is {high:.3f} (no entropy starts at all; max_patch_size={hi_sz} "
-                   "and document ends bound it)")
-        elif target_mean_patch_size < low:
-            why = f"the smallest reachable is {low:.3f} (every byte a candidate, min_patch_size={lo_sz})"
-        else:
-            why = (f"the mean patch size jumps past it ({mean_at(lo_k):.3f} -> {mean_at(hi_k):.3f} between "
-                   f"thresholds {threshold(lo_k):.6g} and {threshold(hi_k):.6g}; tied entropy values)")
-        raise CalibrationError(f"no {method} threshold gives a mean patch size within {tol:.0%} of "
-                               f"{target_mean_patch_size}: {why}")
-    return threshold(best)
+            lo_k, hi_k = (mid, hi_k) if mean_at(mid) < target else (lo_k, mid)
+    best = hi_k if target >= high else lo_k if target <= low else min(
+        (lo_k, hi_k), key=lambda k: abs(mean_at(k) - target))
+    if abs(mean_at(best) - target) <= tol * target:
+        return threshold(best)
+    lo_sz, hi_sz = config.size_bounds
+    if target > high:
+        why = f"the largest reachable is {high:.3f} (no entropy starts; max_patch_size={hi_sz})"
+    elif target < low:
+        why = f"the smallest reachable is {low:.3f} (every byte a candidate, min_patch_size={lo_sz})"
+    else:
+        why = (f"the mean patch size jumps past it ({mean_at(lo_k):.3f} -> {mean_at(hi_k):.3f} between "
+               f"thresholds {threshold(lo_k):.6g} and {threshold(hi_k):.6g}; tied entropy values)")
+    raise CalibrationError(f"no {method} threshold gives a mean patch size within {tol:.0%} of {target}: "
+                           + why)
 
 
 def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchConfig | None = None,
@@ -687,22 +607,20 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     """Mean, std and percentiles (10, 25, 50, 75, 90, 95) of H in nats over all bytes, and the `global`
     threshold reaching each mean patch size in ANALYSIS_PATCH_SIZES (None where out of reach).
 
-    The thresholds use config's size limits; the default is min_patch_size=1 (max 128), so they show what
-    the entropies alone do; with the default minimum of 4, sizes 2 and 3 could not be reached at all.
+    The default limits are min_patch_size=1 (max 128), so the thresholds show what the entropies alone do
+    (with a minimum of 4, sizes 2 and 3 could not be reached at all).
     """
-    docs = _documents(byte_sequences)
-    if entropies is None:
-        entropies = document_entropies(entropy_model, docs)
-    config = config or PatchConfig(min_patch_size=1)
-    h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies]) if entropies else np.zeros(0)
-    out = {"num_bytes": int(h.size), "mean": float(h.mean()) if h.size else 0.0,
-           "std": float(h.std()) if h.size else 0.0,
-           "percentiles": {p: float(np.percentile(h, p)) if h.size else 0.0
-                           for p in (10, 25, 50, 75, 90, 95)},
+    docs = documents(byte_sequences)
+    entropies = entropies if entropies is not None else document_entropies(entropy_model, docs)
+    h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies] or [np.zeros(0)])
+    stat = (lambda f: float(f(h))) if h.size else (lambda f: 0.0)
+    out = {"num_bytes": int(h.size), "mean": stat(np.mean), "std": stat(np.std),
+           "percentiles": {p: stat(lambda a, p=p: np.percentile(a, p)) for p in (10, 25, 50, 75, 90, 95)},
            "thresholds_for_patch_size": {}}
     for size in ANALYSIS_PATCH_SIZES:
         try:
-            t = calibrate_threshold(None, docs, size, "global", config, entropies=entropies)
+            t = calibrate_threshold(None, docs, size, "global", config or PatchConfig(min_patch_size=1),
+                                    entropies=entropies)
         except CalibrationError:  # out of reach for these data and limits: reported as None, by design
             t = None
         out["thresholds_for_patch_size"][size] = t
@@ -718,10 +636,9 @@ def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
     and configs with a threshold come back unchanged; entropies come from config's cache when not given."""
     if not config.needs_entropy or config.entropy_threshold is not None:
         return config
-    docs = _documents(train_docs)
+    docs, target = documents(train_docs), config.target_patch_size
     if entropies is None:
         entropies = cached_entropies(entropy_model, docs, config.cache_dir if config.cache_patches else None)
-    target = config.target_patch_size
     if config.method != "global_monotonic":
         t = calibrate_threshold(None, docs, target, config.method, config, entropies, tol)
         return dataclasses.replace(config, entropy_threshold=t)
@@ -736,7 +653,7 @@ def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
                                    monotonic_threshold=float(np.quantile(d_all, q, method="lower")))
 
     def mean(q: float) -> float:  # never decreases as q rises: fewer candidates, longer patches
-        return _mean_patch_size(hs, docs, at(q))
+        return mean_patch_size(hs, docs, at(q))
 
     lo, hi = 0.0, 1.0
     for _ in range(40):  # q to 1e-12: far below the gap between neighbouring ranks of any real corpus
@@ -763,8 +680,8 @@ def main(argv=None) -> int:
     p.add_argument("--entropy_model_path", "--checkpoint", dest="entropy_model_path",
                    default="entropy_model.pth", help="entropy model (entropy_llm.py)")
     p.add_argument("--method", choices=METHODS, default="global")
-    p.add_argument("--threshold", type=float,
-                   help="entropy_threshold in nats (default 0.6; 0.3 for monotonic)")
+    p.add_argument("--entropy_threshold", "--threshold", dest="entropy_threshold", type=float,
+                   help="nats (default 0.6; 0.3 for monotonic)")
     p.add_argument("--monotonic_threshold", type=float, help="global_monotonic's H[i]-H[i-1] threshold")
     p.add_argument("--target_patch_size", type=float, help="calibrate the threshold to this mean patch size")
     for name in ("patch_size", "min_patch_size", "max_patch_size"):
@@ -775,27 +692,25 @@ def main(argv=None) -> int:
     p.add_argument("--html", help="save the first document as HTML with patch colours")
     p.add_argument("--report", help="write the figures as JSON")
     args = p.parse_args(argv)
-    if args.threshold is not None and args.target_patch_size is not None:
-        p.error("give --threshold or --target_patch_size, not both")
+    if args.entropy_threshold is not None and args.target_patch_size is not None:
+        p.error("give --entropy_threshold or --target_patch_size, not both")
     if args.target_patch_size is not None and args.method not in ENTROPY_METHODS:
         p.error(f"--target_patch_size calibrates the entropy methods only ({', '.join(ENTROPY_METHODS)})")
-
     names = ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size", "target_patch_size")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    threshold = args.threshold if args.threshold is not None else 0.3 if args.method == "monotonic" else 0.6
-    if args.target_patch_size is not None:
-        threshold = None  # calibrate
+    threshold = None if args.target_patch_size is not None else args.entropy_threshold
+    if threshold is None and args.target_patch_size is None:
+        threshold = 0.3 if args.method == "monotonic" else 0.6
     entropies, bytes_per_s = None, None
     try:  # the CLI measures entropy speed, so it always computes rather than reading the cache
         config = PatchConfig(method=args.method, entropy_threshold=threshold, cache_patches=False, **fields)
-        docs = [args.text.encode("utf-8")] if args.text is not None else load_corpus(args.data or "builtin",
-                                                                                     args.max_bytes)
+        docs = ([args.text.encode("utf-8")] if args.text is not None
+                else load_corpus(args.data or "builtin", args.max_bytes))
         if config.needs_entropy or args.plot:
             model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
             t0 = time.perf_counter()
             entropies = document_entropies(model, docs, args.batch_size)
-            elapsed = time.perf_counter() - t0
-            bytes_per_s = sum(map(len, docs)) / elapsed if elapsed > 0 else None
+            bytes_per_s = sum(map(len, docs)) / max(time.perf_counter() - t0, 1e-9)
         if config.entropy_threshold is None:
             config = calibrate(config, None, docs, entropies)
             print(f"calibrated {config.method} threshold for mean patch size {config.target_patch_size}: "
@@ -806,7 +721,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     doc_lengths = EntropyPatcher(None, config).document_patch_lengths(docs, entropies=entropies)
-    patch_s = time.perf_counter() - t0
+    patch_s = max(time.perf_counter() - t0, 1e-9)
     stats = patch_statistics(doc_lengths)
     print(terminal_view(docs[0], doc_lengths[0]))  # the first document, its first ~2000 bytes
     speed = f", entropy model {bytes_per_s:,.0f} bytes/s" if bytes_per_s else ""
@@ -821,17 +736,15 @@ def main(argv=None) -> int:
     if args.html:
         write_html(docs[0], None if entropies is None else entropies[0], doc_lengths[0], args.html)
         print(f"html: {args.html}")
-    num_bytes = stats["num_bytes"]
+    gm = config.method == "global_monotonic"
+    monotonic = {"monotonic_threshold": config.monotonic_threshold} if gm else {}
     write_report(args.report, {
         "method": config.method, "threshold": config.entropy_threshold if config.needs_entropy else None,
-        "num_bytes": num_bytes, "num_patches": stats["num_patches"],
-        "mean_patch_size": stats["mean_patch_size"],
         "entropy_bytes_per_s": bytes_per_s,
-        "patching_bytes_per_s": num_bytes / patch_s if patch_s > 0 else None,  # entropies -> lengths alone
-        "median_patch_size": stats["median_patch_size"], "num_documents": stats["num_documents"],
-        "min_patch_size": config.size_bounds[0], "max_patch_size": config.size_bounds[1],
-        **({"monotonic_threshold": config.monotonic_threshold}
-           if config.method == "global_monotonic" else {}),
+        "patching_bytes_per_s": stats["num_bytes"] / patch_s,  # entropies -> lengths alone
+        **{k: stats[k] for k in ("num_bytes", "num_patches", "mean_patch_size", "median_patch_size",
+                                 "num_documents")},
+        "min_patch_size": config.size_bounds[0], "max_patch_size": config.size_bounds[1], **monotonic,
     })
     return 0
 

@@ -1,4 +1,5 @@
-"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, and a one-line terminal view.
+"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view, and the
+summary figures of patch lengths (patch_statistics).
 
     from patch_pictures import format_patches, plot_entropies, write_html
     print(format_patches(patcher.create_patches(b"Hello, world")))      # hello,▏·world
@@ -122,11 +123,27 @@ def write_html(data, entropies, lengths, path, max_bytes: int = 100_000, title: 
             f"<p>{len(lengths)} patches over {len(data)} bytes, mean {mean:.2f} bytes per patch; "
             f"hover a character for its entropy.</p>{note}\n<div class=\"text\">{''.join(parts)}</div>\n"
             "</body></html>\n")
+
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
 
     atomic_write(path, write)
+
+
+def patch_statistics(doc_lengths: list[np.ndarray]) -> dict:
+    """Figures over the patch lengths of many documents (JSON-ready)."""
+    lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(lengths) if lengths.size else np.zeros(0, dtype=np.int64)
+    return {
+        "num_documents": len(doc_lengths),
+        "num_bytes": int(lengths.sum()),
+        "num_patches": int(lengths.size),
+        "mean_patch_size": float(lengths.mean()) if lengths.size else 0.0,
+        "median_patch_size": float(np.median(lengths)) if lengths.size else 0.0,
+        "max_patch_size_seen": int(lengths.max()) if lengths.size else 0,
+        "size_histogram": {int(k): int(v) for k, v in enumerate(counts) if v},  # patch length -> count
+    }
 
 
 def terminal_view(data, lengths, max_bytes: int = 2000) -> str:

@@ -179,11 +179,12 @@ def test_causal_with_recomputed_patches(method):
     cfg = PatchConfig(method=method, min_patch_size=2, max_patch_size=6)
     if em is not None:
         H = np.stack([compute_entropies(em, bytes(r.tolist())) for r in idx])
-        cfg = PatchConfig(method=method, entropy_threshold=float(np.median(H if method == "global" else np.diff(H))),
-                          min_patch_size=2, max_patch_size=6)
+        t = float(np.median(H if method == "global" else np.diff(H)))
+        cfg = PatchConfig(method=method, entropy_threshold=t, min_patch_size=2, max_patch_size=6)
 
     def forward(x):
-        H = None if em is None else torch.from_numpy(np.stack([compute_entropies(em, bytes(r.tolist())) for r in x]))
+        H = None if em is None else torch.from_numpy(
+            np.stack([compute_entropies(em, bytes(r.tolist())) for r in x]))
         L = patch_lengths_batch(H, x, None, cfg)
         return m(x, L)[0], L
 
