@@ -65,10 +65,9 @@ from entropy_patcher import (
     cached_entropies,
     calibrate,
     patch_lengths_from_entropies,
-    patch_statistics,
     patcher_from_meta,
 )
-from patch_pictures import format_patches
+from patch_pictures import format_patches, patch_statistics
 from save_entropy_model import (
     CheckpointError,
     load_checkpoint,
