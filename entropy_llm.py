@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -322,3 +323,198 @@ class EntropyStream:
             self.fed = i
         logp = F.log_softmax(self.logits.float(), dim=-1)
         return float(-(logp.exp() * logp).sum())  # float32 nats, as compute_entropies stores them
+
+
+# ----------------------------------------------------------------------------------------------------
+# Meta's released entropy model: a Hugging Face BLT checkpoint's patcher behind MinimalLLM's contract
+#
+#     model = load_entropy_model("hf:itazap/blt-1b-hf")    # save_entropy_model: a hub name or a folder
+#     H = compute_entropies(model, b"some bytes")          # nats, transformers' own patcher's entropies
+#
+# The patcher's ids are 0 BOE, 1 BOS, 2 EOS, 3 PAD, and byte b is id b + 4; it is an ordinary causal LM
+# over a document fed as [BOS, b0+4, b1+4, ...]. forward() feeds [BOS, idx[:, :-1] + 4], so logits[:, t]
+# predicts byte t and BOS plays MinimalLLM's start vector. transformers' patching makes byte j a start
+# when the entropy of its prediction exceeds the threshold (byte 0 always): this repository's rule, so
+# the released 1.335-nat threshold (config.hf_threshold) applies unchanged to the global method.
+# specials="keep" (default): logits (B, T, 260), bytes first (column b = byte b), then the 4 specials, so
+# H is HF's 260-way entropy, the quantity that threshold was calibrated on; "renormalize": the 256 byte
+# columns only. Window: max_seq_len defaults to max_position_embeddings (8192 for the release); stacked
+# sliding-window layers see n_layers * (sliding_window - 1) positions back, so documents longer than one
+# window are exact only with max_seq_len = config.exact_window (compute_entropies' half-overlapping
+# windows, rotary positions being relative). transformers is imported only when such a model is built.
+
+BYTE_OFFSET = 4  # HF/Meta ids: byte b is id b + 4
+HF_BOS_ID = 1
+SPECIALS_MODES = ("keep", "renormalize")
+# Patcher config fields that, with the weights, fully determine its computation (kept in our config, so
+# the fingerprint covers them and the model can be rebuilt without the HF folder).
+PATCHER_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads",
+                  "intermediate_size", "rms_norm_eps", "rope_parameters", "max_position_embeddings",
+                  "sliding_window")
+
+
+@dataclass
+class HFEntropyConfig:
+    patcher: dict = field(default_factory=dict)  # PATCHER_FIELDS of the HF BltPatcherConfig
+    max_seq_len: int = 0  # bytes per compute_entropies window; 0 = the patcher's max_position_embeddings
+    specials: str = "keep"  # "keep": softmax over all 260 ids (HF's entropy); "renormalize": over 256 bytes
+    bos_id: int = HF_BOS_ID
+    byte_offset: int = BYTE_OFFSET
+    hf_threshold: float | None = None  # the checkpoint's patching_threshold (global method, nats), if any
+
+    def __post_init__(self):
+        if self.specials not in SPECIALS_MODES:
+            raise ValueError(f"specials must be one of {SPECIALS_MODES}, not {self.specials!r}")
+        V = self.patcher.get("vocab_size", 256 + self.byte_offset)
+        if V != 256 + self.byte_offset:
+            raise ValueError(f"patcher vocabulary is {V}, expected {256 + self.byte_offset} "
+                             "(4 specials + 256 bytes): "
+                             "not a byte-level BLT patcher")
+        if not self.max_seq_len:
+            self.max_seq_len = int(self.patcher.get("max_position_embeddings") or 8192)
+        if self.max_seq_len < 2:
+            raise ValueError("max_seq_len must be at least 2")
+
+    @property
+    def exact_window(self) -> int | None:
+        """Smallest max_seq_len whose windows reproduce HF's one pass over a document of ANY length.
+
+        Each sliding-window layer reaches sliding_window - 1 positions further back, so a byte's receptive
+        field is n_layers * (sliding_window - 1) positions; compute_entropies keeps bytes at window offsets
+        >= W/2, which must see that field whole and not BOS: W >= 2 * (n_layers * (sliding_window - 1) + 1).
+        None without a sliding window (full attention: only documents <= max_seq_len are exact).
+        """
+        sw = self.patcher.get("sliding_window")
+        return 2 * (self.patcher["num_hidden_layers"] * (sw - 1) + 1) if sw else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits forward() returns: 260 with specials kept, else 256."""
+        return 256 + self.byte_offset if self.specials == "keep" else 256
+
+    @property
+    def sliding_window(self):
+        return self.patcher.get("sliding_window")
+
+    @property
+    def d_model(self) -> int:  # with n_layers and vocab_size: flops_per_byte's estimate applies
+        return self.patcher["hidden_size"]
+
+    @property
+    def n_layers(self) -> int:
+        return self.patcher["num_hidden_layers"]
+
+
+def _hf_blt():
+    """transformers' BLT classes, or a one-line CheckpointError when transformers lacks them."""
+    try:
+        from transformers import BltConfig, BltPatcherConfig
+        from transformers.models.blt.modeling_blt import BltPatcher
+    except ImportError as e:
+        raise CheckpointError(f"hf: entropy models need transformers with BLT support (pip install -U "
+                              f"transformers): {e}") from None
+    return BltConfig, BltPatcherConfig, BltPatcher
+
+
+def _cache_kw(fn) -> str:
+    """The name of `fn`'s KV-cache argument ("cache" in recent transformers, "past_key_values" before)."""
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class HFStreamCache:
+    """State of one streaming pass (see HFEntropyModel.step): a transformers DynamicCache and its length."""
+
+    def __init__(self, patcher_config, batch: int, max_len: int):
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=patcher_config)
+        self.batch, self.max_len, self.len = batch, max_len, 0
+
+
+class HFEntropyModel(torch.nn.Module):
+    """A Hugging Face BltPatcher behind this repo's entropy-model contract (see the module docstring)."""
+
+    kind = "hf_blt_patcher"
+    config_class = HFEntropyConfig
+    patcher_fields = PATCHER_FIELDS
+    bos_id = HF_BOS_ID
+    hf_classes = staticmethod(_hf_blt)  # transformers' (BltConfig, BltPatcherConfig, BltPatcher)
+
+    def __init__(self, config: HFEntropyConfig, patcher: torch.nn.Module | None = None):
+        super().__init__()
+        _, BltPatcherConfig, BltPatcher = _hf_blt()
+        self.config = config
+        if patcher is None:  # rebuild from our config (the weights come from a state dict)
+            patcher = BltPatcher(BltPatcherConfig(**config.patcher))
+        self.patcher = patcher.eval()
+        self.patcher.requires_grad_(False)
+
+    # -- the state dict carries our config, as common.CarriesConfig does; model_fingerprint hashes it too
+    def get_extra_state(self):
+        return {"kind": self.kind, "config": dataclasses.asdict(self.config)}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or state.get("kind") != self.kind:
+            raise ValueError(f"state dict does not hold a '{self.kind}' model")
+        if state.get("config", {}).get("patcher") != self.config.patcher:
+            raise ValueError("was saved with another patcher config")
+
+    def _to_bytes(self, logits):
+        """HF logits (..., 260) -> ours: bytes first (column b = byte b), then the 4 specials if kept."""
+        o = self.config.byte_offset
+        if self.config.specials == "keep":
+            return torch.cat([logits[..., o:], logits[..., :o]], dim=-1)
+        return logits[..., o:]
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) bytes 0..255 -> (logits (B, T, V), loss or None); logits[:, t] predicts idx[:, t].
+
+        V = config.vocab_size (260 with specials kept, 256 renormalised); byte b is column b either way.
+        """
+        B = idx.size(0)
+        bos = torch.full((B, 1), self.config.bos_id, dtype=torch.long, device=idx.device)
+        ids = torch.cat([bos, idx[:, :-1].long() + self.config.byte_offset], dim=1)  # (B, T): shifted right
+        _, _, logits = self.patcher(input_ids=ids)  # HF's own forward: (entropies, patch lengths, logits)
+        logits = self._to_bytes(logits)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100)
+        return logits, loss
+
+    # -- streaming (generation's causal patching): same results as forward on the same window
+    def new_caches(self, batch: int, max_len: int) -> HFStreamCache:
+        """Empty state for step(); max_len is unused (a DynamicCache grows; sliding layers stay bounded)."""
+        return HFStreamCache(self.patcher.config, batch, max_len)
+
+    @torch.no_grad()
+    def step(self, x, caches: HFStreamCache):
+        """Feed inputs, get logits (B, t, V) where row t predicts the byte AFTER input t.
+
+        x is (B, t) bytes, or None to feed BOS (whose logits predict the first byte).
+        """
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        p = self.patcher
+        dev = p.embed_tokens.weight.device
+        if x is None:
+            ids = torch.full((caches.batch, 1), self.config.bos_id, dtype=torch.long, device=dev)
+        else:
+            ids = x.to(dev).long() + self.config.byte_offset
+        h = p.embed_tokens(ids)
+        pos = torch.arange(caches.len, caches.len + ids.size(1), device=dev).unsqueeze(0)
+        mask_fn = create_causal_mask if p.config.sliding_window is None else create_sliding_window_causal_mask
+        kw = _cache_kw(mask_fn)
+        mask = mask_fn(config=p.config, inputs_embeds=h, attention_mask=None, position_ids=pos,
+                       **{kw: caches.cache})
+        pe = p.rotary_emb(h, pos)
+        lkw = _cache_kw(type(p.layers[0]).forward)
+        for layer in p.layers:
+            h = layer(h, position_embeddings=pe, attention_mask=mask, use_cache=True, **{lkw: caches.cache})
+        caches.len += ids.size(1)
+        return self._to_bytes(p.lm_head(p.norm(h)))
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.parameters())

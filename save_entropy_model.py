@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import json
 import os
 import sys
 
@@ -30,7 +31,10 @@ MODEL_KINDS = {
     "entropy_llm": "entropy_llm:MinimalLLM",
     "blt": "blt_model:BLTModel",
     "template_llm": "template_llm:TemplateLLM",
+    "hf_blt_patcher": "entropy_llm:HFEntropyModel",  # Meta's released entropy model (hf:)
 }
+HF_ENTROPY_KIND = "hf_blt_patcher"
+ENTROPY_KINDS = ("entropy_llm", HF_ENTROPY_KIND)
 
 
 class CheckpointError(Exception):
@@ -119,8 +123,15 @@ def load_model(path: str, kind: str | None = None, device="cpu") -> nn.Module:
 
 
 def load_entropy_model(path: str, device="cpu"):
-    """The entropy byte LM (MinimalLLM) saved at `path`, in eval mode."""
-    return load_model(path, "entropy_llm", device).eval()
+    """The entropy byte LM saved at `path` (MinimalLLM), in eval mode; "hf:NAME_OR_DIR" loads the patcher
+    of a Hugging Face BLT checkpoint instead (load_hf_entropy_model: Meta's released entropy model)."""
+    if path.startswith("hf:"):
+        return load_hf_entropy_model(path[3:], device=device)
+    state = load_checkpoint(path)
+    if state["_extra_state"]["kind"] not in ENTROPY_KINDS:
+        raise CheckpointError(f"{path}: holds a '{state['_extra_state']['kind']}' model, expected an entropy "
+                              "model")
+    return model_from_state(state, path).to(device).eval()
 
 
 def load_into(model: nn.Module, path: str) -> dict:
@@ -164,6 +175,192 @@ def describe(path: str) -> str:
     for k, v in (extra.get("meta") or {}).items():
         lines.append(f"meta:    {k} = {v!r}")
     return "\n".join(lines)
+
+# ----------------------------------------------------------------------------------------------------
+# hf:NAME_OR_DIR: Meta's released entropy model, a Hugging Face BLT checkpoint's patcher (HFEntropyModel).
+# transformers, huggingface_hub and safetensors are imported only here, when such a model is loaded.
+
+
+def _first_line(e: BaseException, width: int = 160) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:width] if text else type(e).__name__
+
+
+_LOCAL_PREFIXES = (os.sep, "." + os.sep, ".." + os.sep, "~")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub name ("owner/name" or "name"): never sent to the network."""
+    return name.startswith(_LOCAL_PREFIXES) or os.path.exists(name) or name.count("/") > 1
+
+
+def _hub_fetcher(repo: str, revision: str | None, local_files_only: bool, cache_dir: str | None = None):
+    """fetch(patterns, ready) -> snapshot folder of `repo` holding the files matching `patterns`.
+
+    The local Hugging Face cache is tried first (no network when `ready(folder)` already holds); then the Hub,
+    downloading only those files. Every failure is a one-line CheckpointError.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"hf:{repo}"
+
+    def fetch(patterns: list[str], ready) -> str:
+        try:
+            folder = snapshot_download(repo, revision=revision, allow_patterns=patterns,
+                                       local_files_only=True, cache_dir=cache_dir)
+            if ready(folder):
+                return folder
+        except LocalEntryNotFoundError:
+            pass
+        if local_files_only:
+            raise CheckpointError(f"{where}: not a local folder and not in the Hugging Face cache "
+                                  "(local_files_only)")
+        try:
+            return snapshot_download(repo, revision=revision, allow_patterns=patterns, cache_dir=cache_dir)
+        except GatedRepoError:
+            raise CheckpointError(f"{where}: gated model; accept its licence on huggingface.co and log in "
+                                  "(`hf auth login`)") from None
+        except RepositoryNotFoundError:
+            raise CheckpointError(f"{where}: not a local folder, and no such model on the Hugging Face Hub "
+                                  "(or a private one: log in with `hf auth login`)") from None
+        except RevisionNotFoundError:
+            raise CheckpointError(f"{where}: no revision {revision!r} on the Hub") from None
+        except LocalEntryNotFoundError:
+            raise CheckpointError(f"{where}: not a local folder, not in the Hugging Face cache, and the Hub "
+                                  "cannot be reached (offline?); download it where there is a network "
+                                  f"(`hf download {repo}`, "
+                                  "or save_pretrained) and pass the folder") from None
+        except (OSError, ValueError) as e:  # other network or hub errors
+            raise CheckpointError(f"{where}: cannot download from the Hugging Face Hub: {_first_line(e)}") \
+                from None
+
+    return fetch
+
+
+def _resolve(name_or_dir: str, revision: str | None, local_files_only: bool, cache_dir: str | None = None):
+    """(fetch, label): fetch(patterns, ready) returns a folder holding those files (a local one as is)."""
+    if os.path.isdir(name_or_dir):
+        if not os.path.exists(os.path.join(name_or_dir, "config.json")):
+            raise CheckpointError(f"hf:{name_or_dir}: no config.json: not a folder written by "
+                                  "save_pretrained")
+        return (lambda patterns, ready: name_or_dir), f"hf:{name_or_dir}"
+    if _looks_local(name_or_dir):
+        raise CheckpointError(f"hf:{name_or_dir}: no such folder")
+    return _hub_fetcher(name_or_dir, revision, local_files_only, cache_dir), f"hf:{name_or_dir}"
+
+
+def _has(*names):
+    return lambda folder: all(os.path.exists(os.path.join(folder, n)) for n in names)
+
+
+def _patcher_weights(fetch, label: str, prefixes: tuple[str, ...]) -> dict:
+    """The patcher's tensors from safetensors (single or sharded) or pytorch_model.bin, prefix stripped.
+
+    From a sharded hub checkpoint only the shards that hold patcher tensors are downloaded.
+    """
+    from safetensors import safe_open
+
+    def keep(k):
+        return next((k[len(p):] for p in prefixes if k.startswith(p)), None)
+
+    folder = fetch(["config.json", "model.safetensors.index.json"], _has("config.json"))
+    index = os.path.join(folder, "model.safetensors.index.json")
+    state = {}
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted({fn for k, fn in weight_map.items() if keep(k) is not None})
+        folder = fetch(shards, _has(*shards)) if shards else folder
+        paths = [os.path.join(folder, s) for s in shards]
+    else:
+        folder = fetch(["model.safetensors"], _has("model.safetensors"))
+        single = os.path.join(folder, "model.safetensors")
+        paths = [single] if os.path.exists(single) else []
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():
+                if (name := keep(k)) is not None:
+                    state[name] = f.get_tensor(k)
+    if not paths:
+        folder = fetch(["pytorch_model.bin"], _has("pytorch_model.bin"))
+        binary = os.path.join(folder, "pytorch_model.bin")
+        if not os.path.exists(binary):
+            raise CheckpointError(f"{label}: no model.safetensors, model.safetensors.index.json or "
+                                  "pytorch_model.bin")
+        for k, v in torch.load(binary, map_location="cpu", weights_only=True).items():
+            if (name := keep(k)) is not None:
+                state[name] = v
+    if not state:
+        raise CheckpointError(f"{label}: the checkpoint holds no patcher weights "
+                              "(saved with patch_in_forward=False?)")
+    return state
+
+
+def load_hf_entropy_model(name_or_dir: str, device="cpu", *, max_seq_len: int | None = None,
+                          specials: str = "keep", dtype: torch.dtype = torch.float32,
+                          revision: str | None = None, local_files_only: bool = False,
+                          cache_dir: str | None = None) -> nn.Module:
+    """The entropy model (patcher) of a Hugging Face BLT checkpoint: an entropy_llm.HFEntropyModel, in eval.
+
+    name_or_dir: a folder written by save_pretrained (BltForCausalLM, BltModel, or a bare BltPatcher), or a
+    hub name such as "itazap/blt-1b-hf". A folder never touches the network; a hub name reads the local HF
+    cache first and downloads only what is missing there (config.json and the weight shards that hold the
+    patcher; cache_dir overrides the HF cache folder). Errors are a CheckpointError with a one-line message.
+    Weights are cast to `dtype` (float32 by default: the repo computes entropies in fp32).
+    max_seq_len and specials: see entropy_llm.HFEntropyConfig.
+    """
+    cls = model_class(HF_ENTROPY_KIND)  # found by name, as every model kind: this module imports common only
+    BltConfig, BltPatcherConfig, BltPatcher = cls.hf_classes()
+    fetch, label = _resolve(name_or_dir, revision, local_files_only, cache_dir)
+    folder = fetch(["config.json", "model.safetensors.index.json"], _has("config.json"))
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{label}: unreadable config.json ({_first_line(e)})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    threshold = None
+    if model_type not in ("blt", "blt_patcher"):
+        raise CheckpointError(f"{label}: model_type {model_type!r} is not a BLT checkpoint "
+                              "('blt' or 'blt_patcher')")
+    if model_type == "blt" and raw.get("patch_in_forward") is False:
+        raise CheckpointError(f"{label}: saved without a patcher (patch_in_forward=False)")
+    try:
+        if model_type == "blt":
+            cfg = BltConfig.from_dict(raw)
+            pcfg, threshold = cfg.patcher_config, cfg.patching_threshold
+            if isinstance(pcfg, dict):
+                pcfg = BltPatcherConfig.from_dict(pcfg)
+            prefixes = ("model.patcher.", "patcher.")  # BltForCausalLM, BltModel
+        else:
+            pcfg = BltPatcherConfig.from_dict(raw)
+            prefixes = ("",)
+    except Exception as e:  # strict config classes raise many types
+        raise CheckpointError(f"{label}: config.json does not fit this transformers' BltConfig: "
+                              f"{_first_line(e)}") from None
+    patcher_fields = {k: getattr(pcfg, k) for k in cls.patcher_fields}
+    if isinstance(patcher_fields.get("rope_parameters"), dict):
+        patcher_fields["rope_parameters"] = dict(patcher_fields["rope_parameters"])
+    try:
+        config = cls.config_class(patcher=patcher_fields, max_seq_len=max_seq_len or 0, specials=specials,
+                                  bos_id=raw.get("bos_token_id") or cls.bos_id,
+                                  hf_threshold=float(threshold) if threshold is not None else None)
+    except ValueError as e:
+        raise CheckpointError(f"{label}: {e}") from None
+    state = _patcher_weights(fetch, label, prefixes)
+    patcher = BltPatcher(pcfg)
+    try:
+        patcher.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        why = _first_line(e, 200)
+        raise CheckpointError(f"{label}: patcher weights do not fit its config: {why}") from None
+    return cls(config, patcher).to(device=device, dtype=dtype).eval()
 
 
 def main(argv=None):

@@ -163,8 +163,15 @@ class PatchedDataset:
                 "mean_patch_size": self.mean_patch_size, "train_data": digest.hexdigest()}
 
 
+def is_hf(path: str) -> bool:
+    """An entropy model named hf:NAME_OR_DIR (a Hugging Face BLT checkpoint's patcher), not a file."""
+    return path.startswith("hf:")
+
+
 def entropy_training_record(path: str) -> list | None:
     """The record of the documents the entropy model at `path` was trained on, if it keeps one."""
+    if is_hf(path):  # Meta's released model: trained on Meta's data, no record of it
+        return None
     return (load_checkpoint(path, "entropy_llm")["_extra_state"].get("meta") or {}).get("train_documents")
 
 
@@ -436,12 +443,14 @@ def main(argv=None):
         if pcfg.needs_entropy:
             if args.train_entropy:
                 train_entropy(args, docs)
-            elif not os.path.exists(args.entropy_model_path):
+            elif not is_hf(args.entropy_model_path) and not os.path.exists(args.entropy_model_path):
                 raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model "
                                       "first with `python entropy_llm.py --quick_demo`, or add "
                                       "--train_entropy (or use --method space|static|byte, which need none)")
             entropy_model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
-        dataset = prepare_dataset(docs, pcfg, entropy_model, os.path.abspath(args.entropy_model_path))
+        epath = args.entropy_model_path
+        epath = epath if is_hf(epath) else os.path.abspath(epath)
+        dataset = prepare_dataset(docs, pcfg, entropy_model, epath)
         model = build_model(mcfg, tcfg.seed)
         report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile)
         if not is_main_process():  # torchrun: rank 0 speaks for the job

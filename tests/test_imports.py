@@ -9,9 +9,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
-# packages a function may import where it needs them: heavy, and optional for most commands (pydoc_data,
+# packages a function may import where it needs them: heavy, and optional for most commands (huggingface_hub
+# and safetensors come with transformers, for hf: entropy models; pydoc_data,
 # 0.8 MB of the Python manual, is read only for the builtin corpus)
-OPTIONAL = {"matplotlib", "tokenizers", "datasets", "transformers", "pydoc_data"}
+OPTIONAL = {"matplotlib", "tokenizers", "datasets", "transformers", "huggingface_hub", "safetensors",
+            "pydoc_data"}
 
 
 def imports_of(source: str) -> list[tuple[str, tuple[str, ...], bool]]:
