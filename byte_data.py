@@ -31,21 +31,24 @@ resumed and distributed runs see the same data.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import inspect
 import io
 import itertools
+import json
 import os
 import re
 import sys
 import sysconfig
 import tokenize
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 VAL_EVERY = 10  # about 1 document in 10 is held out, chosen by its content hash
 BLOCK_BYTES = 4096  # held-out check: documents are also recorded as digests of aligned 4 KB blocks
@@ -325,43 +328,56 @@ def _read(path: str) -> bytes:
         raise DataError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
 
 
+def iter_documents(data: str = "builtin", text_field: str | None = None) -> Iterator[bytes]:
+    """The documents of `data` (module docstring), in a fixed order, streamed; DataError if unreadable."""
+    if data in BUILTIN_CORPORA:
+        return BUILTIN_CORPORA[data]()
+    if data.startswith("builtin:"):
+        raise DataError(f"{data}: no such builtin corpus (choose from {', '.join(BUILTIN_CORPORA)})")
+    if data.startswith("hf:"):
+        return hf_documents(data[3:], text_field)
+    if os.path.isfile(data):
+        if os.path.splitext(data)[1].lower() in LOCAL_DATASET_FORMATS:
+            return local_dataset_documents(data, text_field)
+        return iter([_read(data)])
+    if os.path.isdir(data):
+        paths = _files_below(data)
+        if not paths:
+            raise DataError(f"{data}: folder holds no files")
+        return (_read(p) for p in paths)
+    raise DataError(f"{data}: no such file or folder (use builtin, builtin:code, builtin:prose, a path, "
+                    "or hf:NAME[:CONFIG])")
+
+
+def capped_documents(source: Iterable[bytes], max_bytes: int | None) -> Iterator[bytes]:
+    """Non-empty documents of `source` totalling at most max_bytes: whole ones up to the first that does
+    not fit; a first document larger than max_bytes is cut to it (a one-document corpus)."""
+    total, first = 0, True
+    for doc in source:
+        if not doc:
+            continue
+        if max_bytes is not None and total + len(doc) > max_bytes:
+            if first and max_bytes > 0:
+                yield doc[:max_bytes]  # a one-document corpus: its tail is held out
+            return
+        yield doc
+        total += len(doc)
+        first = False
+
+
 def load_corpus(data: str = "builtin", max_bytes: int | None = None,
                 text_field: str | None = None) -> list[bytes]:
     """The documents of `data`, in a fixed order, totalling at most max_bytes.
 
     Whole documents only, up to the first that does not fit; a first document larger than max_bytes is
     cut to it (a one-document corpus, split into head and tail). `text_field` names the text column of a
-    dataset (hf: or a local .jsonl/.json/.parquet/.arrow file); "text" when None.
+    dataset (hf: or a local .jsonl/.json/.parquet/.arrow file); "text" when None. A folder written by
+    `python byte_data.py prepare` gives a MappedCorpus instead (whole documents up to max_bytes, read
+    through a memory map).
     """
-    if data in BUILTIN_CORPORA:
-        source = BUILTIN_CORPORA[data]()
-    elif data.startswith("builtin:"):
-        raise DataError(f"{data}: no such builtin corpus (choose from {', '.join(BUILTIN_CORPORA)})")
-    elif data.startswith("hf:"):
-        source = hf_documents(data[3:], text_field)
-    elif os.path.isfile(data):
-        if os.path.splitext(data)[1].lower() in LOCAL_DATASET_FORMATS:
-            source = local_dataset_documents(data, text_field)
-        else:
-            source = iter([_read(data)])
-    elif os.path.isdir(data):
-        paths = _files_below(data)
-        if not paths:
-            raise DataError(f"{data}: folder holds no files")
-        source = (_read(p) for p in paths)
-    else:
-        raise DataError(f"{data}: no such file or folder (use builtin, builtin:code, builtin:prose, a path, "
-                        "or hf:NAME[:CONFIG])")
-    docs, total = [], 0
-    for doc in source:
-        if not doc:
-            continue
-        if max_bytes is not None and total + len(doc) > max_bytes:
-            if not docs and max_bytes > 0:
-                docs.append(doc[:max_bytes])  # a one-document corpus: its tail is held out
-            break
-        docs.append(doc)
-        total += len(doc)
+    if is_prepared(data):
+        return MappedCorpus(data).capped(max_bytes)
+    docs = list(capped_documents(iter_documents(data, text_field), max_bytes))
     if not docs:
         raise DataError(f"{data}: holds no bytes")
     return docs
@@ -378,13 +394,39 @@ def content_hash(doc: bytes) -> int:
     return int.from_bytes(hashlib.sha256(key[:BLOCK_BYTES]).digest()[:8], "big")
 
 
+def short_prefixes(heads: list[bytes]) -> set[bytes]:
+    """Those of `heads` (documents, or their first BLOCK_BYTES) shorter than BLOCK_BYTES that start another.
+
+    A longer prefix shares its document's first 4 KB, so its side, and is kept."""
+    ordered = sorted(set(heads))  # a prefix sorts right before the documents it starts
+    return {a for a, b in zip(ordered, ordered[1:]) if len(a) < BLOCK_BYTES and b.startswith(a)}
+
+
 def distinct_documents(docs: list[bytes]) -> list[bytes]:
-    """The documents split_documents splits, in corpus order: empty ones, exact duplicates and those that
-    are a prefix of another dropped (a prefix's bytes are all in the longer one, on whichever side)."""
+    """The documents split_documents splits, in corpus order: empty ones, exact duplicates and those under
+    4 KB that are a prefix of another dropped (a prefix's bytes are all in the longer one, on its side)."""
+    if isinstance(docs, MappedCorpus):
+        return docs.documents()
     docs = [d for d in dict.fromkeys(docs) if d]
-    ordered = sorted(docs)  # a prefix sorts right before the documents it starts
-    prefixes = {a for a, b in zip(ordered, ordered[1:]) if b.startswith(a)}
+    prefixes = short_prefixes([d[:BLOCK_BYTES] for d in docs])
     return [d for d in docs if d not in prefixes]
+
+
+def held_out_mask(hashes: np.ndarray, val_every: int = VAL_EVERY) -> np.ndarray:
+    """Which documents (of more than one, by content_hash) are held out: the lowest 1/val_every of the hash
+    range; at least one (the lowest hash) and never all (the highest is trained on)."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    val = hashes <= np.uint64((2**64 - 1) // val_every)  # h * val_every < 2**64
+    if not val.any():
+        val[int(np.argmin(hashes))] = True
+    if val.all():
+        val[int(np.argmax(hashes))] = False
+    return val
+
+
+def tail_cut(n: int, val_every: int = VAL_EVERY) -> int:
+    """Where a one-document corpus of n bytes is cut: its last 1/val_every (at least one byte) is held out."""
+    return n - max(1, n // val_every) if n > 1 else n
 
 
 def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list[bytes], list[bytes]]:
@@ -395,22 +437,17 @@ def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list
     none out gives its lowest-hash document; one that would hold all out trains on its highest. A single
     document is split into its head (train) and contiguous tail (val, 1/val_every of it).
     """
+    if isinstance(docs, MappedCorpus):  # split when it was prepared, by this rule
+        return docs.split()
     docs = distinct_documents(docs)
     if len(docs) == 1:
         doc = docs[0]
-        cut = len(doc) - max(1, len(doc) // val_every) if len(doc) > 1 else len(doc)
+        cut = tail_cut(len(doc), val_every)
         return [doc[:cut]], ([doc[cut:]] if cut < len(doc) else [])
     if not docs:
         return [], []
-    hashes = [content_hash(d) for d in docs]
-    val_idx = {i for i, h in enumerate(hashes) if h * val_every < 2**64}
-    if not val_idx:
-        val_idx = {int(np.argmin(hashes))}
-    if len(val_idx) == len(docs):
-        val_idx.remove(int(np.argmax(hashes)))
-    train = [d for i, d in enumerate(docs) if i not in val_idx]
-    val = [d for i, d in enumerate(docs) if i in val_idx]
-    return train, val
+    val = held_out_mask(np.array([content_hash(d) for d in docs], dtype=np.uint64), val_every)
+    return [d for d, v in zip(docs, val) if not v], [d for d, v in zip(docs, val) if v]
 
 
 class ByteWindows:
@@ -426,6 +463,10 @@ class ByteWindows:
         if not docs:
             raise DataError("no training documents")
         self.seq_len, self.seed = seq_len, seed
+        if isinstance(docs, MappedCorpus):  # windows straight from the memory map: nothing is copied
+            self.lengths, self.starts, self.buffer = docs.lengths, docs.starts, docs.buffer
+            self.prob = self.lengths / self.lengths.sum()
+            return
         self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         if all(isinstance(d, (bytes, bytearray)) for d in docs):
@@ -454,7 +495,7 @@ class ByteWindows:
         pos = offset[:, None] + np.arange(self.seq_len)[None, :]  # (B, T) position inside the document
         valid = pos < self.lengths[doc][:, None]
         flat = np.where(valid, self.starts[doc][:, None] + pos, 0)
-        x = torch.from_numpy(np.where(valid, self.buffer[flat], 0).astype(np.int64))
+        x = torch.from_numpy(np.where(valid, self.buffer[flat], 0).astype(np.int64))  # reads B x T bytes
         y = x.masked_fill(~torch.from_numpy(valid), -100)
         return x, y
 
@@ -545,13 +586,177 @@ def _one_document_seen(trained_on: list[list], doc: bytes, cut: int) -> bool:
     return False
 
 
+# ------------------------------------------------------------------------------------------ prepared corpora
+
+
+PREPARED_FORMAT = "byte_data.prepared/1"
+TRAIN, VAL, DROPPED = 0, 1, 2  # a prepared document's side (split.npy)
+
+
+def is_prepared(data: str) -> bool:
+    """Whether `data` is a folder written by prepare_corpus."""
+    return all(os.path.isfile(os.path.join(data, name)) for name in ("corpus.json", "bytes.bin"))
+
+
+def prepare_corpus(data: str, out: str, max_bytes: int | None = None, text_field: str | None = None,
+                   show_progress: bool = True) -> dict:
+    """Write the documents of `data` once for memory-mapped reading; returns what corpus.json holds.
+
+    `out` gets bytes.bin (every kept document, back to back), offsets.npy (int64, documents + 1), split.npy
+    (uint8 per document: TRAIN, VAL or DROPPED) and corpus.json. The split is split_documents' rule:
+    empty documents and exact duplicates are never written, short prefixes of another are DROPPED, sides
+    come from content_hash, and a one-document corpus is stored as its head (TRAIN) and tail (VAL).
+    Memory: a digest per document and each document's first 4 KB (for the prefix rule), never the corpus.
+    """
+    os.makedirs(out, exist_ok=True)
+    lengths, hashes, heads, seen = [], [], [], set()
+    bar = tqdm(desc=f"prepare {data}", unit="B", unit_scale=True, disable=not show_progress)
+    digest = hashlib.sha256()
+    with open(os.path.join(out, "bytes.bin.tmp"), "wb") as f:
+        for doc in capped_documents(iter_documents(data, text_field), max_bytes):
+            key = hashlib.sha256(doc).digest()
+            if key in seen:  # an exact duplicate
+                continue
+            seen.add(key)
+            f.write(doc)
+            digest.update(doc)
+            lengths.append(len(doc))
+            hashes.append(content_hash(doc))
+            heads.append(bytes(doc[:BLOCK_BYTES]))
+            bar.update(len(doc))
+    bar.close()
+    if not lengths:
+        raise DataError(f"{data}: holds no bytes")
+    prefixes = short_prefixes(heads)
+    side = np.array([DROPPED if h in prefixes else TRAIN for h in heads], dtype=np.uint8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    kept = np.flatnonzero(side != DROPPED)
+    if len(kept) == 1:  # one document: its head trains, its tail is held out (two stored documents)
+        i = int(kept[0])
+        cut = int(offsets[i]) + tail_cut(lengths[i])
+        offsets = np.concatenate([offsets[:i + 1], [cut], offsets[i + 1:]])
+        side = np.concatenate([side[:i], [TRAIN, VAL], side[i + 1:]]).astype(np.uint8)
+        if cut == offsets[i + 2]:  # one byte: nothing to hold out
+            side[i + 1] = DROPPED
+    else:
+        side[kept[held_out_mask(np.array(hashes, dtype=np.uint64)[kept])]] = VAL
+    np.save(os.path.join(out, "offsets.npy"), offsets)
+    np.save(os.path.join(out, "split.npy"), side)
+    info = {"format": PREPARED_FORMAT, "source": data, "max_bytes": max_bytes, "text_field": text_field,
+            "documents": int(len(side)), "num_bytes": int(offsets[-1]), "sha256": digest.hexdigest(),
+            "one_document": bool(len(kept) == 1),
+            "train_bytes": int(np.diff(offsets)[side == TRAIN].sum()),
+            "val_bytes": int(np.diff(offsets)[side == VAL].sum())}
+    with open(os.path.join(out, "corpus.json.tmp"), "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(os.path.join(out, "bytes.bin.tmp"), os.path.join(out, "bytes.bin"))
+    os.replace(os.path.join(out, "corpus.json.tmp"), os.path.join(out, "corpus.json"))  # last: complete
+    return info
+
+
+class MappedCorpus(Sequence):
+    """Documents of a prepared folder, read through a memory map: the corpus is never loaded whole.
+
+    corpus[i] is document i as bytes (a copy of that document only); `buffer`, `starts` and `lengths` let
+    ByteWindows read windows straight from the map. A view (split(), capped()) is a subset of documents.
+    """
+
+    def __init__(self, folder: str, index: np.ndarray | None = None):
+        try:
+            with open(os.path.join(folder, "corpus.json")) as f:
+                self.info = json.load(f)
+            offsets = np.load(os.path.join(folder, "offsets.npy"))
+            self.side = np.load(os.path.join(folder, "split.npy"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{folder}: not a readable prepared corpus ({_first_line(e)})") from None
+        if self.info.get("format") != PREPARED_FORMAT or len(offsets) != len(self.side) + 1 \
+                or os.path.getsize(os.path.join(folder, "bytes.bin")) != offsets[-1]:
+            raise DataError(f"{folder}: not a complete prepared corpus of this version; prepare it again")
+        self.folder, self.offsets = folder, offsets
+        self.buffer = np.memmap(os.path.join(folder, "bytes.bin"), dtype=np.uint8, mode="r")
+        self.index = np.flatnonzero(self.side != DROPPED) if index is None else np.asarray(index, np.int64)
+        self.starts = offsets[self.index]
+        self.lengths = offsets[self.index + 1] - self.starts
+
+    def view(self, index) -> MappedCorpus:
+        out = MappedCorpus.__new__(MappedCorpus)
+        out.__dict__.update(self.__dict__)
+        out.index = np.asarray(index, dtype=np.int64)
+        out.starts = self.offsets[out.index]
+        out.lengths = self.offsets[out.index + 1] - out.starts
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.view(self.index[i])
+        s = int(self.starts[i])
+        return self.buffer[s:s + int(self.lengths[i])].tobytes()
+
+    def split(self) -> tuple[MappedCorpus, MappedCorpus]:
+        """(train, val) as stored at prepare time."""
+        side = self.side[self.index]
+        return self.view(self.index[side == TRAIN]), self.view(self.index[side == VAL])
+
+    def capped(self, max_bytes: int | None) -> MappedCorpus:
+        """Whole documents up to max_bytes (at least one): each keeps its side, as load_corpus's cap does.
+
+        A one-document corpus is kept whole (its stored cut is the split)."""
+        if max_bytes is None or self.info.get("one_document"):
+            return self
+        keep = max(1, int(np.searchsorted(np.cumsum(self.lengths), max_bytes, side="right")))
+        return self.view(self.index[:keep])
+
+    def documents(self) -> list[bytes]:
+        """The documents as split_documents saw them at prepare time (a one-document corpus whole)."""
+        if self.info.get("one_document"):
+            s, e = int(self.starts.min()), int((self.starts + self.lengths).max())
+            return [self.buffer[s:e].tobytes()]
+        return list(self)
+
+    @property
+    def num_bytes(self) -> int:
+        return int(self.lengths.sum())
+
+
 def corpus_summary(docs: list[bytes]) -> str:
-    n = sum(len(d) for d in docs)
+    n = docs.num_bytes if isinstance(docs, MappedCorpus) else sum(len(d) for d in docs)
     return f"{len(docs)} documents, {n:,} bytes"
 
 
-if __name__ == "__main__":
-    spec = sys.argv[1] if len(sys.argv) > 1 else "builtin"
-    docs = load_corpus(spec, max_bytes=int(sys.argv[2]) if len(sys.argv) > 2 else None)
+def main(argv=None) -> int:
+    """`python byte_data.py prepare --data D --out DIR`, or `python byte_data.py [DATA [MAX_BYTES]]`: the
+    split's summary."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["prepare"]:
+        p = argparse.ArgumentParser(prog="byte_data.py prepare",
+                                    description="Write a corpus once for memory-mapped reading (any --data "
+                                                "then takes the folder).")
+        p.add_argument("--data", default="builtin", help="what to prepare (a --data value)")
+        p.add_argument("--out", required=True, help="the folder to write")
+        p.add_argument("--max_bytes", type=int, default=None, help="cap in bytes (default: everything)")
+        p.add_argument("--text_field", default=None, help="the text column of a dataset (default: text)")
+        args = p.parse_args(argv[1:])
+        try:
+            info = prepare_corpus(args.data, args.out, args.max_bytes, args.text_field)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.out}: {info['documents']} documents, {info['num_bytes']:,} bytes "
+              f"(train {info['train_bytes']:,}, val {info['val_bytes']:,})")
+        return 0
+    spec = argv[0] if argv else "builtin"
+    try:
+        docs = load_corpus(spec, max_bytes=int(argv[1]) if len(argv) > 1 else None)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     train, val = split_documents(docs)
     print(f"{spec}: {corpus_summary(docs)}; train {corpus_summary(train)}; val {corpus_summary(val)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 import entropy_llm
 from blt_model import BLT_PRESETS, BLTConfig, BLTModel, flops_per_byte
-from byte_data import DataError, held_out_seen, load_corpus, split_documents
+from byte_data import DataError, MappedCorpus, held_out_seen, load_corpus, split_documents
 from common import (
     TrainFields,
     add_config_args,
@@ -151,12 +152,16 @@ class PatchedDataset:
 
     @property
     def mean_patch_size(self) -> float:
-        return patch_statistics(self.train_lengths)["mean_patch_size"]
+        lengths = self.train_lengths  # a mapped corpus: over its first documents, up to 8 MB
+        lengths = lengths.head(8_000_000) if isinstance(lengths, LazyLengths) else lengths
+        return patch_statistics(lengths)["mean_patch_size"]
 
     def meta(self) -> dict:
         """What a BLT checkpoint records of its data and patching (load_blt rebuilds the patcher from it)."""
         digest = hashlib.sha256()
-        for d in self.train_docs:
+        if isinstance(self.train_docs, MappedCorpus):  # its bytes' digest (prepare time) and its documents
+            digest.update(self.train_docs.info["sha256"].encode() + self.train_docs.index.tobytes())
+        for d in self.train_docs if not isinstance(self.train_docs, MappedCorpus) else ():
             digest.update(len(d).to_bytes(8, "little") + d)
         return {"patch": EntropyPatcher(None, self.patch_config).to_meta(),
                 "entropy_model": self.entropy_model_path, "entropy_fingerprint": self.entropy_fingerprint,
@@ -215,8 +220,40 @@ def check_entropy_model_is_clean(path: str | None, docs: list[bytes], val_docs: 
 
 
 def document_lengths(docs, entropies, config: PatchConfig) -> list[np.ndarray]:
+    if isinstance(docs, MappedCorpus):  # a corpus larger than memory: patched when a document is read
+        return LazyLengths(docs, entropies, config)
     entropies = entropies if entropies is not None else [None] * len(docs)
     return [patch_lengths_from_entropies(h, d, config) for h, d in zip(entropies, docs)]
+
+
+class LazyLengths(Sequence):
+    """Patch lengths of a MappedCorpus's documents, computed when one is read (entropies: None or a
+    sequence of per-document arrays, read the same way)."""
+
+    def __init__(self, docs: MappedCorpus, entropies, config: PatchConfig):
+        self.docs, self.entropies, self.config = docs, entropies, config
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazyLengths(self.docs[i], self.entropies[i] if self.entropies is not None else None,
+                               self.config)
+        h = self.entropies[i] if self.entropies is not None else None
+        return patch_lengths_from_entropies(h, self.docs[i], self.config)
+
+    def head(self, max_bytes: int) -> list[np.ndarray]:
+        """The lengths of the first documents up to max_bytes (at least one): a sample for statistics."""
+        keep = max(1, int(np.searchsorted(np.cumsum(self.docs.lengths), max_bytes, side="right")))
+        return [self[i] for i in range(min(keep, len(self)))]
+
+
+def corpus_lengths(docs) -> np.ndarray:
+    """The length of every document (a MappedCorpus knows them without reading its documents)."""
+    if isinstance(docs, MappedCorpus):
+        return docs.lengths
+    return np.array([len(d) for d in docs], dtype=np.int64)
 
 
 class PatchedWindows:
@@ -228,14 +265,19 @@ class PatchedWindows:
     """
 
     def __init__(self, docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int, seed: int = 0):
-        self.docs, self.max_seq_len, self.seed = docs, max_seq_len, seed
-        self.starts = [patch_starts(n) for n in lengths]
-        sizes = np.array([len(d) for d in docs], dtype=np.float64)
+        self.docs, self.lengths, self.max_seq_len, self.seed = docs, lengths, max_seq_len, seed
+        sizes = np.asarray(corpus_lengths(docs), dtype=np.float64)
         self.prob = sizes / sizes.sum()
-        # per document: the patch starts that leave a full window, and the first one past them (whose window
-        # runs off the end, a little padded), so a document's last bytes are trained on too
-        self.n_ok = [min(len(st), int(np.searchsorted(st, max(0, len(d) - max_seq_len), side="right")) + 1)
-                     for st, d in zip(self.starts, docs)]
+        # a mapped corpus's patches are found per drawn document (LazyLengths), never all at once
+        self.starts = None if isinstance(lengths, LazyLengths) else [patch_starts(n) for n in lengths]
+        self.n_ok = None if self.starts is None else [self.full_windows(st, len(d))
+                                                      for st, d in zip(self.starts, docs)]
+
+    def full_windows(self, starts: np.ndarray, size: int) -> int:
+        """The patch starts that leave a full window, and the first one past them (whose window runs off
+        the end, a little padded), so a document's last bytes are trained on too."""
+        last = max(0, size - self.max_seq_len)
+        return min(len(starts), int(np.searchsorted(starts, last, side="right")) + 1)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """x (B', T) bytes, lengths (B', P) zero-padded, y (B', T) targets (-100 past a short document)."""
@@ -250,10 +292,12 @@ class PatchedWindows:
         y = np.full((per, T), -100, dtype=np.int64)
         rows = []
         for r, i in enumerate(range(rank * per, (rank + 1) * per)):
-            d, st = doc[i], self.starts[doc[i]]
-            s = int(st[int(pick[i] * self.n_ok[d])])
-            e = min(s + T, len(self.docs[d]))
-            x[r, : e - s] = np.frombuffer(self.docs[d], dtype=np.uint8, count=e - s, offset=s)
+            d, data = doc[i], self.docs[doc[i]]
+            st = self.starts[d] if self.starts is not None else patch_starts(self.lengths[d])
+            n_ok = self.n_ok[d] if self.n_ok is not None else self.full_windows(st, len(data))
+            s = int(st[int(pick[i] * n_ok)])
+            e = min(s + T, len(data))
+            x[r, : e - s] = np.frombuffer(data, dtype=np.uint8, count=e - s, offset=s)
             y[r, : e - s] = x[r, : e - s]
             rows.append(window_lengths(st, s, e))
         lengths = np.zeros((per, max(len(n) for n in rows)), dtype=np.int64)  # (B', P)
@@ -335,12 +379,12 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
             start = resume_from(resume, model, optimizer, config)
         trained = maybe_compile(distribute(model, dist), compile)
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
-        mean_ps, n_train = dataset.mean_patch_size, sum(map(len, dataset.train_docs))
+        mean_ps, n_train = dataset.mean_patch_size, int(corpus_lengths(dataset.train_docs).sum())
 
         def evaluate_held_out(step):  # intermediate evaluations score a prefix of the held-out documents
             docs, lengths = dataset.val_docs, dataset.val_lengths
             if step != config.max_steps:
-                keep = np.searchsorted(np.cumsum([len(d) for d in docs]), config.eval_max_bytes) + 1
+                keep = np.searchsorted(np.cumsum(corpus_lengths(docs)), config.eval_max_bytes) + 1
                 docs, lengths = docs[:keep], lengths[:keep]
             bpb, n = evaluate(model, docs, lengths, T, device=device)
             return {"val_bpb": bpb, "val_bytes": n}
@@ -351,8 +395,8 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
             print(f"BLT: {count_params(model):,} params ({model.num_params(include_hash=False):,} without "
                   f"hash tables); patching {pc.method}{threshold}, mean patch {mean_ps:.2f} bytes; train "
                   f"{len(dataset.train_docs)} docs {n_train:,} bytes, val {len(dataset.val_docs)} docs "
-                  f"{sum(map(len, dataset.val_docs)):,} bytes; device {device}, {dist.world_size} "
-                  "process(es)")
+                  f"{int(corpus_lengths(dataset.val_docs).sum()):,} bytes; device {device}, "
+                  f"{dist.world_size} process(es)")
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
                        start_step=start, evaluate=evaluate_held_out, meta=dataset.meta(),
                        desc=f"BLT (patch {mean_ps:.2f})",
