@@ -204,8 +204,9 @@ def score_windowed(model, arrays, slice_len: int, want_nll: bool, show_progress:
     starts = np.zeros(total_pos, dtype=bool)
     for i, a in enumerate(arrays):
         o = offs[i]
-        ids[o + 1:o + len(a)] = a[:-1]
-        starts[o] = len(a) > 0
+        if len(a):
+            ids[o + 1:o + len(a)] = a[:-1]
+            starts[o] = True
         first[o // Q:offs[i + 1] // Q] = o // Q
     ent = [np.zeros(n, dtype=np.float32) for n in lens]
     nll = [np.zeros(n, dtype=np.float64) for n in lens] if want_nll else None
