@@ -96,10 +96,11 @@ def alternate(sides: dict, rounds: int, verbose: bool = True) -> dict[str, list[
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            dt, _ = timed(lambda: sides[name](r))
+            dt, _ = timed(lambda name=name, r=r: sides[name](r))
             times[name].append(dt)
         if verbose:
-            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in names), flush=True)
+            line = ", ".join(f"{k} {times[k][-1]:.3f}s" for k in names)
+            print(f"  round {r + 1}/{rounds}: {line}", flush=True)
     return times
 
 
