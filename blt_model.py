@@ -220,6 +220,11 @@ class WindowAttention(Attention):
         assert mask is None, "the window is the mask"
         B, T, C = x.shape
         W = self.window
+        if cache is not None and T == 1:  # one new position (generation): it sees the last W keys, unmasked
+            q, k, v = self.qkv(x).view(B, 1, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = cache.append(apply_rotary(k, cos, sin), v)  # (B, H, S, Dh)
+            y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), k[:, :, -W:], v[:, :, -W:])
+            return self.proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C)
         if T + (cache.len if cache is not None else 0) <= W:
             return super().forward(x, cos, sin, cache=cache)  # plain causal: nobody is more than W back
         if cache is not None or T <= 2 * W:
@@ -484,9 +489,10 @@ class BLTModel(CarriesConfig, nn.Module):
     # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
 
     @torch.inference_mode()
-    def generate(self, prompt: bytes, max_new_bytes: int, patcher=None, temperature: float = 1.0,
+    def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None, temperature: float = 1.0,
                  top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
-        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes.
+        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes (a list of prompts gives
+        a list of outputs).
 
         `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
         is known, whether it starts a patch, by the causal rule used for training; None means
@@ -500,6 +506,11 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("max_new_bytes must be non-negative")
         if temperature < 0:
             raise ValueError("temperature must be non-negative")
+        if isinstance(prompt, (list, tuple)):  # several prompts: a list of outputs, one per prompt
+            # (run one after another for now, each with its own stream and caches; seeded sampling uses
+            # seed + i for prompt i, so greedy output equals one-at-a-time output)
+            return [self.generate(p, max_new_bytes, patcher, temperature, top_k, use_cache,
+                                  None if seed is None else seed + i) for i, p in enumerate(prompt)]
         if isinstance(prompt, str):
             raise TypeError("prompt must be bytes (encode text first, e.g. text.encode('utf-8'))")
         patcher = patcher if patcher is not None else self.patcher
