@@ -489,7 +489,8 @@ class BLTModel(CarriesConfig, nn.Module):
     # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
 
     @torch.inference_mode()
-    def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None, temperature: float = 1.0,
+    def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None,
+                 temperature: float = 1.0,
                  top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
         """Sample max_new_bytes bytes after `prompt`; returns only the new bytes (a list of prompts gives
         a list of outputs).

@@ -165,7 +165,7 @@ class Block(nn.Module):
 
 
 def run_blocks(blocks, x, cos, sin, mask=None, caches: list[KVCache] | None = None):
-    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cached."""
+    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cache."""
     for i, block in enumerate(blocks):
         x = block(x, cos, sin, mask=mask, cache=caches[i] if caches else None)
     return x

@@ -200,12 +200,14 @@ def hf_blt_config(cfg, patcher_cfg=None):
         encoder_hash_byte_group_vocab=cfg.hash_table_size, encoder_hash_byte_group_nb_functions=1,
         max_position_embeddings=cfg.max_seq_len, max_patch_length=None,
         encoder_config=dict(local, hidden_size=cfg.encoder_dim, num_attention_heads=cfg.encoder_heads,
-                            num_hidden_layers=cfg.encoder_layers, intermediate_size=mlp_hidden(cfg.encoder_dim)),
+                            num_hidden_layers=cfg.encoder_layers,
+                            intermediate_size=mlp_hidden(cfg.encoder_dim)),
         global_config=dict(hidden_size=cfg.global_dim, num_attention_heads=cfg.global_heads,
                            num_hidden_layers=cfg.global_layers, intermediate_size=mlp_hidden(cfg.global_dim),
                            max_position_embeddings=cfg.max_seq_len),
         decoder_config=dict(local, hidden_size=cfg.decoder_dim, num_attention_heads=cfg.decoder_heads,
-                            num_hidden_layers=cfg.decoder_layers, intermediate_size=mlp_hidden(cfg.decoder_dim)),
+                            num_hidden_layers=cfg.decoder_layers,
+                            intermediate_size=mlp_hidden(cfg.decoder_dim)),
         **kw)
 
 

@@ -32,10 +32,10 @@ import subprocess
 import sys
 
 import bench_utils as bu
+import blt_model_before
 import numpy as np
 import torch
 
-import blt_model_before
 from blt_model import BLTConfig, BLTModel, flops_per_byte
 from byte_data import load_corpus
 from common import make_optimizer

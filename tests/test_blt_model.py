@@ -342,7 +342,7 @@ def test_sparse_cross_attentions_equal_the_dense_masked_reference(monkeypatch):
 
     m = spread(model(seed=5))
     idx = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
-    L = torch.tensor([[3, 1, 7, 5, 2, 9, 4, 6, 3, 0], [10, 10, 10, 2, 2, 0, 0, 0, 0, 0]])  # row 1: 6 pad bytes
+    L = torch.tensor([[3, 1, 7, 5, 2, 9, 4, 6, 3, 0], [10, 10, 10, 2, 2, 0, 0, 0, 0, 0]])  # row 1: 6 padding
     enc, K = m.encoder, m.config.cross_attn_k
     h = enc.byte_states(enc.embed(idx))  # (B, T, C)
     ref = torch.zeros(2, L.size(1), K * h.size(-1))
