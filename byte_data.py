@@ -721,6 +721,46 @@ class MappedCorpus(Sequence):
         return int(self.lengths.sum())
 
 
+# Entropies precomputed for a prepared corpus (entropy_llm.py --precompute): float16, one per byte, in a file
+# laid out as bytes.bin (the same offsets), keyed by the entropy model's fingerprint; its .json is written
+# last, when every chunk is in.
+
+
+def entropy_file(folder: str, fingerprint: str) -> str:
+    """Where a prepared corpus keeps the entropies of the model with this fingerprint (model_fingerprint)."""
+    return os.path.join(folder, f"entropies-{fingerprint[:16]}.f16")
+
+
+class MappedEntropies(Sequence):
+    """Per-document float32 entropies of a MappedCorpus (view), read from the precomputed float16 file."""
+
+    def __init__(self, corpus: MappedCorpus, values: np.ndarray):
+        self.corpus, self.values = corpus, values
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return MappedEntropies(self.corpus[i], self.values)
+        s = int(self.corpus.starts[i])
+        return self.values[s:s + int(self.corpus.lengths[i])].astype(np.float32)
+
+
+def precomputed_entropies(corpus: MappedCorpus, fingerprint: str) -> MappedEntropies | None:
+    """The entropies of `corpus`'s documents under the model with `fingerprint`, if precomputed whole."""
+    path = entropy_file(corpus.folder, fingerprint)
+    try:
+        with open(path + ".json") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if info.get("fingerprint") != fingerprint or info.get("corpus_sha256") != corpus.info["sha256"] \
+            or os.path.getsize(path) != 2 * int(corpus.offsets[-1]):
+        return None
+    return MappedEntropies(corpus, np.memmap(path, dtype=np.float16, mode="r"))
+
+
 def corpus_summary(docs: list[bytes]) -> str:
     n = docs.num_bytes if isinstance(docs, MappedCorpus) else sum(len(d) for d in docs)
     return f"{len(docs)} documents, {n:,} bytes"

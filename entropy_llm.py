@@ -21,17 +21,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from byte_data import ByteWindows, DataError, document_digests, load_corpus, split_documents
+from byte_data import (
+    ByteWindows,
+    DataError,
+    MappedCorpus,
+    document_digests,
+    entropy_file,
+    is_prepared,
+    load_corpus,
+    precomputed_entropies,
+    split_documents,
+)
 from common import (
     CausalLM,
     TrainFields,
@@ -52,7 +66,7 @@ from common import (
     seed_everything,
     write_report,
 )
-from save_entropy_model import CheckpointError, load_entropy_model
+from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
 from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
 
 
@@ -286,6 +300,96 @@ def cap_bytes(docs: list[bytes], max_bytes: int) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Entropies of a prepared corpus, precomputed once and shared by the ranks of a torchrun job
+
+PRECOMPUTE_CHUNK_BYTES = 1 << 20  # documents are computed in chunks of about 1 MB: the unit of resuming
+
+
+def entropy_chunks(lengths: np.ndarray, chunk_bytes: int = PRECOMPUTE_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """(first, end) document ranges of about chunk_bytes each, fixed by the corpus alone: which rank computes
+    a chunk never changes its batches, so N processes write exactly one process's values."""
+    ends = np.flatnonzero(np.diff(np.cumsum(lengths) // chunk_bytes, prepend=0)) + 1
+    bounds = [0, *[int(e) for e in ends if 0 < e < len(lengths)], len(lengths)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def precompute_entropies(model, folder: str, device_name: str | None = None, batch_size: int | None = None,
+                         chunk_bytes: int = PRECOMPUTE_CHUNK_BYTES, show_progress: bool = True) -> dict:
+    """Write H (float16) of every document of the prepared corpus `folder` to byte_data.entropy_file.
+
+    Under torchrun chunk k goes to rank k mod N; a chunk is marked done once its values are flushed, so an
+    interrupted run resumes with the chunks not yet marked; the file's .json, written last, says it is whole
+    (byte_data.precomputed_entropies reads it). Returns the report (bytes/s over every process).
+    """
+    if not is_prepared(folder):
+        raise DataError(f"{folder}: not a prepared corpus; write one with `python byte_data.py prepare "
+                        f"--data {folder} --out DIR` and pass --data DIR")
+    dist, device = setup_distributed(device_name)
+    try:
+        model = model.to(device).eval()
+        fingerprint = model_fingerprint(model)
+        corpus = MappedCorpus(folder)
+        corpus = corpus.view(np.arange(len(corpus.side)))  # every stored document, dropped ones too
+        path, total = entropy_file(folder, fingerprint), int(corpus.offsets[-1])
+        parts = path + ".parts"
+        chunks = entropy_chunks(corpus.lengths, chunk_bytes)
+        report = {"entropies": path, "fingerprint": fingerprint, "num_bytes": total, "chunks": len(chunks),
+                  "processes": dist.world_size, "computed_chunks": 0, "bytes_per_s": float("nan")}
+        if precomputed_entropies(corpus, fingerprint) is not None:
+            return report
+        if dist.is_main:
+            os.makedirs(parts, exist_ok=True)
+            if not os.path.exists(path) or os.path.getsize(path) != 2 * total:
+                with open(path, "wb") as f:  # a sparse file of the final size: every rank writes its chunks
+                    f.truncate(2 * total)
+                shutil.rmtree(parts)
+                os.makedirs(parts)
+        if dist.enabled:
+            tdist.barrier()
+        values = np.memmap(path, dtype=np.float16, mode="r+")
+        mine = [k for k in range(dist.rank, len(chunks), dist.world_size)
+                if not os.path.exists(os.path.join(parts, f"{k:06d}"))]
+        done = 0
+        bar = tqdm(total=int(sum(corpus.lengths[a:b].sum() for a, b in (chunks[k] for k in mine))),
+                   desc=f"entropies (rank {dist.rank})", unit="B", unit_scale=True,
+                   disable=not (show_progress and dist.is_main))
+        t0 = time.perf_counter()
+        for k in mine:
+            a, b = chunks[k]
+            hs = compute_entropies(model, [corpus[i] for i in range(a, b)], batch_size)
+            for i, h in zip(range(a, b), hs):
+                s = int(corpus.starts[i])
+                values[s:s + len(h)] = h.astype(np.float16)
+            values.flush()
+            open(os.path.join(parts, f"{k:06d}"), "w").close()
+            done += int(corpus.lengths[a:b].sum())
+            bar.update(int(corpus.lengths[a:b].sum()))
+        bar.close()
+        counts = torch.tensor([float(done), float(len(mine))], dtype=torch.float64)  # bytes, chunks
+        seconds = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if dist.enabled:
+            tdist.all_reduce(counts)
+            tdist.all_reduce(seconds, op=tdist.ReduceOp.MAX)  # the job takes as long as its slowest rank
+        report.update(computed_chunks=int(counts[1]),
+                      bytes_per_s=float(counts[0] / seconds[0]) if counts[0] else float("nan"))
+        if dist.is_main:
+            missing = [k for k in range(len(chunks)) if not os.path.exists(os.path.join(parts, f"{k:06d}"))]
+            if missing:
+                raise RuntimeError(f"{path}: chunks {missing[:5]} were not written")
+            info = {"fingerprint": fingerprint, "corpus_sha256": corpus.info["sha256"], "dtype": "float16",
+                    "window": model.config.max_seq_len, "chunks": len(chunks)}
+            with open(path + ".json.tmp", "w") as f:
+                json.dump(info, f)
+            os.replace(path + ".json.tmp", path + ".json")
+            shutil.rmtree(parts)
+        if dist.enabled:
+            tdist.barrier()
+        return report
+    finally:
+        cleanup_distributed()
+
+
+# ----------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -341,9 +445,24 @@ def main(argv=None):
     add_run_args(p, ENTROPY_PRESETS, out="entropy_model.pth", model="entropy model",
                  quick_help="fewer steps and bytes: a few minutes on a CPU")
     add_config_args(p, EntropyConfig)
+    p.add_argument("--precompute", action="store_true",
+                   help="write the entropies of --checkpoint over the prepared corpus --data (float16, "
+                        "beside its bytes; shared between torchrun processes, resumable)")
+    p.add_argument("--precompute_chunk_bytes", type=int, default=PRECOMPUTE_CHUNK_BYTES,
+                   help="bytes per chunk of --precompute: the unit a rank takes and a resumed run skips")
     args = p.parse_args(argv)
     try:
-        if args.eval:
+        if args.precompute:
+            if not args.checkpoint:
+                p.error("--precompute needs --checkpoint")
+            report = precompute_entropies(load_entropy_model(args.checkpoint), args.data, args.device,
+                                          chunk_bytes=args.precompute_chunk_bytes)
+            if not is_main_process():
+                return 0
+            print(f"{report['entropies']}: {report['num_bytes']:,} bytes, {report['computed_chunks']} of "
+                  f"{report['chunks']} chunks computed now, {report['bytes_per_s']:,.0f} bytes/s over "
+                  f"{report['processes']} process(es)")
+        elif args.eval:
             if not args.checkpoint:
                 p.error("--eval needs --checkpoint")
             model = load_entropy_model(args.checkpoint, device=pick_device(args.device))

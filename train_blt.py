@@ -43,7 +43,15 @@ import torch.nn.functional as F
 
 import entropy_llm
 from blt_model import BLT_PRESETS, BLTConfig, BLTModel, flops_per_byte
-from byte_data import DataError, MappedCorpus, held_out_seen, load_corpus, split_documents
+from byte_data import (
+    DataError,
+    MappedCorpus,
+    MappedEntropies,
+    held_out_seen,
+    load_corpus,
+    precomputed_entropies,
+    split_documents,
+)
 from common import (
     TrainFields,
     add_config_args,
@@ -196,11 +204,22 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
         if entropy_model is None:
             raise ValueError(f"patching method '{config.method}' needs an entropy model")
         check_entropy_model_is_clean(entropy_model_path, docs, val_docs)
-        cache_dir = config.cache_dir if config.cache_patches else None
-        train_h = cached_entropies(entropy_model, train_docs, cache_dir, label="train")
-        val_h = cached_entropies(entropy_model, val_docs, cache_dir, label="val")
-        config = calibrate(config, entropy_model, train_docs, entropies=train_h)
         fingerprint = model_fingerprint(entropy_model)
+        if isinstance(train_docs, MappedCorpus):  # entropy_llm.py --precompute wrote them beside the bytes
+            train_h, val_h = (precomputed_entropies(d, fingerprint) for d in (train_docs, val_docs))
+            if train_h is None:
+                print(f"note: {train_docs.folder} holds no precomputed entropies of this entropy model; "
+                      "computing them here (torchrun entropy_llm.py --precompute shares the work)",
+                      file=sys.stderr)
+        if train_h is None:
+            cache_dir = config.cache_dir if config.cache_patches else None
+            train_h = cached_entropies(entropy_model, list(train_docs), cache_dir, label="train")
+            val_h = cached_entropies(entropy_model, list(val_docs), cache_dir, label="val")
+        if isinstance(train_h, MappedEntropies):  # calibrated on the first 8 MB of training documents
+            k = len(train_docs.capped(8_000_000))
+            config = calibrate(config, entropy_model, list(train_docs[:k]), entropies=list(train_h[:k]))
+        else:
+            config = calibrate(config, entropy_model, train_docs, entropies=train_h)
         patch_flops = 2 * entropy_llm.flops_per_byte(entropy_model.config)  # windows overlap by half
     return PatchedDataset(train_docs, document_lengths(train_docs, train_h, config), val_docs,
                           document_lengths(val_docs, val_h, config), config, entropy_model_path, fingerprint,

@@ -1,6 +1,10 @@
-"""Past one machine's memory (issue 13): prepared, memory-mapped corpora."""
+"""Past one machine's memory (issue 13): prepared, memory-mapped corpora; precomputed entropies."""
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,10 +18,15 @@ from byte_data import (
     held_out_seen,
     load_corpus,
     main,
+    precomputed_entropies,
     prepare_corpus,
     split_documents,
 )
-from train_blt import LazyLengths, PatchedWindows, document_lengths, patch_config
+from entropy_llm import MinimalLLM, build_config, compute_entropies, entropy_chunks, precompute_entropies
+from save_entropy_model import model_fingerprint, save_checkpoint
+from train_blt import LazyLengths, PatchedWindows, document_lengths, patch_config, prepare_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def synthetic_folder(path, n=120, seed=0):
@@ -86,3 +95,88 @@ def test_prepare_command_line_and_bad_folders(tmp_path, capsys):
     with pytest.raises(DataError, match="not a complete prepared corpus"):
         load_corpus(str(tmp_path / "prep"))
     assert main(["prepare", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "p2")]) == 2
+
+
+# ------------------------------------------------------------------------------------- precomputed entropies
+
+
+def tiny_entropy_model(seed=0):
+    """A random tiny entropy model whose entropies spread over nats (a sharper head than at init)."""
+    torch.manual_seed(seed)
+    model = MinimalLLM(build_config("tiny", max_steps=1, max_seq_len=256)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(30)
+    return model
+
+
+def test_precomputed_entropies_equal_compute_entropies_and_resume(tmp_path):
+    data = synthetic_folder(tmp_path / "src", n=12)
+    prep = str(tmp_path / "prep")
+    prepare_corpus(data, prep, show_progress=False)
+    model = tiny_entropy_model()
+    report = precompute_entropies(model, prep, "cpu", chunk_bytes=4_000, show_progress=False)
+    assert report["chunks"] > 4 and report["computed_chunks"] == report["chunks"]
+    stored = MappedCorpus(prep)
+    stored = stored.view(np.arange(len(stored.side)))  # dropped documents have entropies too
+    h = precomputed_entropies(stored, model_fingerprint(model))
+    want = compute_entropies(model, list(stored))
+    assert all(np.array_equal(h[i], w.astype(np.float16).astype(np.float32)) for i, w in enumerate(want))
+    train, _ = split_documents(load_corpus(prep))
+    assert precomputed_entropies(train, model_fingerprint(tiny_entropy_model(seed=1))) is None  # other model
+    # an interrupted run: the .json not written, one chunk unmarked and its values garbage
+    path = report["entropies"]
+    before = np.fromfile(path, dtype=np.float16)
+    os.remove(path + ".json")
+    os.makedirs(path + ".parts")
+    chunks = entropy_chunks(stored.lengths, 4_000)
+    for k in range(len(chunks)):
+        if k != 2:
+            open(os.path.join(path + ".parts", f"{k:06d}"), "w").close()
+    values = np.memmap(path, dtype=np.float16, mode="r+")
+    a, b = chunks[2]
+    values[stored.starts[a]:stored.starts[b - 1] + stored.lengths[b - 1]] = 7.0
+    values.flush()
+    again = precompute_entropies(model, prep, "cpu", chunk_bytes=4_000, show_progress=False)
+    assert again["computed_chunks"] == 1 and np.array_equal(np.fromfile(path, dtype=np.float16), before)
+    assert precomputed_entropies(stored, model_fingerprint(model)) is not None
+
+
+def test_train_blt_reads_precomputed_entropies(tmp_path, capsys):
+    data = synthetic_folder(tmp_path / "src", n=12)
+    prep = str(tmp_path / "prep")
+    prepare_corpus(data, prep, show_progress=False)
+    model = tiny_entropy_model()
+    docs = load_corpus(prep)
+    median = float(np.median(compute_entropies(model, docs[0])))
+    config = patch_config(method="global", entropy_threshold=median, min_patch_size=1, cache_patches=False)
+    prepare_dataset(docs, config, model)  # none precomputed: computed here, with a note
+    assert "no precomputed entropies" in capsys.readouterr().err
+    precompute_entropies(model, prep, "cpu", show_progress=False)
+    dataset = prepare_dataset(docs, config, model)
+    assert "no precomputed entropies" not in capsys.readouterr().err
+    assert isinstance(dataset.train_lengths, LazyLengths)
+    train_docs, lengths = dataset.train_docs, dataset.train_lengths
+    assert all(lengths[i].sum() == len(train_docs[i]) for i in range(len(train_docs)))
+    assert 1.3 < dataset.mean_patch_size < 3
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_precompute_exactly_what_one_does(tmp_path):
+    data = synthetic_folder(tmp_path / "src", n=16)
+    prepare_corpus(data, str(tmp_path / "one"), show_progress=False)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    save_checkpoint(tiny_entropy_model(), str(tmp_path / "m.pth"))
+    reports = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node=2"])):
+        cmd = [sys.executable, *launcher, os.path.join(ROOT, "entropy_llm.py"), "--precompute", "--data",
+               str(tmp_path / name), "--checkpoint", str(tmp_path / "m.pth"),
+               "--precompute_chunk_bytes", "6000", "--report", str(tmp_path / f"{name}.json")]
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["two"]["processes"] == 2
+    assert reports["two"]["computed_chunks"] == reports["one"]["chunks"] > 3
+    files = [tmp_path / name / os.path.basename(reports[name]["entropies"]) for name in ("one", "two")]
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert not os.path.exists(str(files[1]) + ".parts") and os.path.exists(str(files[1]) + ".json")
