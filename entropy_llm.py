@@ -67,7 +67,15 @@ from common import (
     write_report,
 )
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_from,
+    setup_distributed,
+    shard,
+    train,
+)
 
 
 @dataclass
@@ -394,8 +402,8 @@ def precompute_entropies(model, folder: str, device_name: str | None = None, bat
 
 
 def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
-                        device_name: str | None = None, resume: str | None = None, compile: bool = False
-                        ) -> dict:
+                        device_name: str | None = None, resume: str | None = None, compile: bool = False,
+                        fsdp: bool = False) -> dict:
     """Train MinimalLLM on train_docs, evaluate held-out BPB on val_docs, save to `out`; returns the report.
 
     `resume` is a checkpoint of the same run to continue from (exactly: the same batches follow).
@@ -404,9 +412,11 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
     try:
         seed_everything(config.seed)
         model = MinimalLLM(config).to(device)
+        if fsdp:  # sharded before the optimizer is made (FSDP2)
+            shard(model, dist)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
         start = resume_from(resume, model, optimizer, config) if resume else 0
-        trained = maybe_compile(distribute(model, dist), compile)
+        trained = maybe_compile(model if fsdp else distribute(model, dist), compile)
         windows = ByteWindows(train_docs, config.train_row_len, seed=config.seed)  # rows: train_row_len
         train_bytes = int(windows.lengths.sum())
 
@@ -445,6 +455,9 @@ def main(argv=None):
     add_run_args(p, ENTROPY_PRESETS, out="entropy_model.pth", model="entropy model",
                  quick_help="fewer steps and bytes: a few minutes on a CPU")
     add_config_args(p, EntropyConfig)
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and AdamW state over torchrun processes (FSDP2); "
+                        "checkpoints add a torch.distributed.checkpoint folder, OUT.dcp")
     p.add_argument("--precompute", action="store_true",
                    help="write the entropies of --checkpoint over the prepared corpus --data (float16, "
                         "beside its bytes; shared between torchrun processes, resumable)")
@@ -477,7 +490,7 @@ def main(argv=None):
             docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
             train_docs, val_docs = split_documents(docs)
             report = train_entropy_model(config, train_docs, val_docs, args.out, args.device,
-                                         resume_path(args), args.compile)
+                                         resume_path(args), args.compile, args.fsdp)
             if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
             print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "

@@ -84,7 +84,15 @@ from save_entropy_model import (
     model_fingerprint,
     model_from_state,
 )
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_from,
+    setup_distributed,
+    shard,
+    train,
+)
 
 
 @dataclass
@@ -380,7 +388,8 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
 
 
 def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out: str = "blt_model.pth",
-              device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
+              device_name: str | None = None, resume: str | None = None, compile: bool = False,
+              fsdp: bool = False) -> dict:
     """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report.
 
     `resume` is a checkpoint of the same run (same patches, data and settings) to continue from, exactly.
@@ -391,12 +400,14 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
     dist, device = setup_distributed(device_name)
     try:
         model.to(device)
+        if fsdp:  # sharded before the optimizer is made (FSDP2)
+            shard(model, dist)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
         start = 0
         if resume:
             check_same_data(resume, dataset)
             start = resume_from(resume, model, optimizer, config)
-        trained = maybe_compile(distribute(model, dist), compile)
+        trained = maybe_compile(model if fsdp else distribute(model, dist), compile)
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
         mean_ps, n_train = dataset.mean_patch_size, int(corpus_lengths(dataset.train_docs).sum())
 
@@ -484,6 +495,9 @@ def main(argv=None):
                  quick_help="a small run: a few minutes on a CPU")
     p.add_argument("--entropy_model_path", default="entropy_model.pth", help="the patcher's entropy model")
     p.add_argument("--train_entropy", action="store_true", help="train that entropy model first (same split)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and AdamW state over torchrun processes (FSDP2); "
+                        "checkpoints add a torch.distributed.checkpoint folder, OUT.dcp")
     p.add_argument("--generate", action="store_true", help="continue --prompt with --checkpoint")
     p.add_argument("--prompt", default="", help="text to continue with --generate")
     p.add_argument("--max_new_bytes", type=int, default=200, help="bytes to generate")
@@ -515,7 +529,8 @@ def main(argv=None):
         epath = epath if is_hf(epath) else os.path.abspath(epath)
         dataset = prepare_dataset(docs, pcfg, entropy_model, epath)
         model = build_model(mcfg, tcfg.seed)
-        report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile)
+        report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile,
+                           args.fsdp)
         if not is_main_process():  # torchrun: rank 0 speaks for the job
             return 0
         print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean patch "

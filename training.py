@@ -19,17 +19,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import TrainFields, autocast, pick_device
-from save_entropy_model import CheckpointError, load_into, save_checkpoint, unwrap
+from common import Block, TrainFields, atomic_write, autocast, pick_device
+from save_entropy_model import CheckpointError, load_checkpoint, load_into, save_checkpoint, unwrap
 
 BITS_PER_NAT = 1 / math.log(2)
 # training fields a resumed run must share with the run it continues (with every model field)
@@ -74,12 +83,14 @@ def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_st
                         refresh=False)  # log
         last = step + 1 == cfg.max_steps
         with speed.paused():  # evaluation and saving are not training: keep them out of bytes/s
-            if dist.is_main and evaluate and (last or every(cfg.eval_interval, step)):
-                evals.append({"step": step + 1, **evaluate(step + 1)})
+            sharded = is_sharded(model)  # FSDP: every rank takes part in evaluating and saving
+            if (dist.is_main or sharded) and evaluate and (last or every(cfg.eval_interval, step)):
+                with gathered(model):  # FSDP: whole weights on every rank while evaluating
+                    evals.append({"step": step + 1, **evaluate(step + 1)})
                 bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in evals[-1].items()))
                 model.train()
-            if dist.is_main and (last or every(cfg.ckpt_interval, step)):
+            if (dist.is_main or sharded) and (last or every(cfg.ckpt_interval, step)):
                 save_run(out, model, optimizer, step + 1, cfg, meta)
     bar.close()
     if dist.enabled:  # no rank leaves before rank 0 has written the checkpoint the others may read next
@@ -89,8 +100,81 @@ def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_st
 
 def save_run(path: str, model, optimizer, step: int, cfg, meta: dict | None = None):
     """The model with what resume_from needs (step, optimizer state, training config), written atomically."""
+    if is_sharded(model):
+        return save_sharded(path, model, optimizer, step, cfg, meta)
     train_state = {"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg)}
     save_checkpoint(model, path, train=train_state, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FSDP2 (--fsdp): parameters, gradients and AdamW state sharded over the ranks
+
+
+def shard(model, dist: Dist):
+    """fully_shard every transformer Block, then the root (FSDP2), under torchrun; before the optimizer is
+    made, which then holds only this rank's shard of each parameter. Gradients are averaged over ranks as
+    DistributedDataParallel averages them, so N sharded processes train as one process does."""
+    if dist.enabled:
+        # a unit per Block gathers one block's weights at a time; a sliding-window CausalLM calls its blocks'
+        # parts (window_blocks), past the hooks that gather them, so it is one unit, gathered whole
+        if not getattr(model, "window", None):
+            for module in model.modules():
+                if isinstance(module, Block):
+                    fully_shard(module)
+        fully_shard(model)
+    return model
+
+
+def is_sharded(model) -> bool:
+    return isinstance(unwrap(model), FSDPModule)
+
+
+@contextmanager
+def gathered(model):
+    """Under FSDP, every unit's whole weights in place (evaluation may call a model's parts directly, past
+    the hooks that gather them); nothing to do otherwise."""
+    units = [m for m in unwrap(model).modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+
+
+def save_sharded(path: str, model, optimizer, step: int, cfg, meta: dict | None = None):
+    """Every rank calls it. `path` gets the whole model (gathered to rank 0: it loads like any checkpoint)
+    with the step and config; path + ".dcp" the sharded model and optimizer state through
+    torch.distributed.checkpoint, which resume_from reads back into a sharded run."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, optim_state = get_state_dict(model, optimizer)
+    folder, rank0 = path + ".dcp", tdist.get_rank() == 0
+    if rank0:
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+    tdist.barrier()
+    dcp.save({"model": model_state, "optimizer": optim_state, "step": step}, checkpoint_id=folder + ".tmp")
+    tdist.barrier()
+    if rank0:
+        full["_extra_state"] = {**unwrap(model).get_extra_state(), "meta": meta,
+                                "train": {"step": step, "config": dataclasses.asdict(cfg),
+                                          "sharded": os.path.basename(folder)}}
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(folder + ".tmp", folder)
+        atomic_write(path, lambda tmp: torch.save(full, tmp))
+    tdist.barrier()
+
+
+def resume_sharded(path: str, model, optimizer) -> int:
+    """Load the sharded model and optimizer state that save_sharded wrote beside `path`; returns its step."""
+    folder = path + ".dcp"
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{path}: no {os.path.basename(folder)} beside it (not from an --fsdp run)")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state, "step": -1}
+    dcp.load(state, checkpoint_id=folder)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    return state["step"]
 
 
 def every(interval: int, step: int) -> bool:
@@ -143,7 +227,8 @@ def resume_from(path: str, model, optimizer, cfg) -> int:
     Refused (ValueError) when the run it continues had another schedule, batch, seed or model config:
     that would not continue the same run.
     """
-    extra = load_into(model, path)
+    sharded = is_sharded(model)
+    extra = load_checkpoint(path, unwrap(model).kind)["_extra_state"] if sharded else load_into(model, path)
     if "train" not in extra:
         raise CheckpointError(f"{path}: holds no training state to resume from")
     now = {**dataclasses.asdict(unwrap(model).config), **dataclasses.asdict(cfg)}
@@ -153,6 +238,13 @@ def resume_from(path: str, model, optimizer, cfg) -> int:
     diff = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in keys if k in saved and saved[k] != now[k]]
     if diff:
         raise ValueError(f"{path}: was trained with other settings: {', '.join(diff)}")
+    if sharded:
+        step = resume_sharded(path, model, optimizer)
+        if step != extra["train"]["step"]:
+            raise CheckpointError(f"{path}: its .dcp holds step {step}, the file {extra['train']['step']}")
+        return step
+    if "optimizer" not in extra["train"]:
+        raise CheckpointError(f"{path}: written by an --fsdp run; resume it with --fsdp under torchrun")
     optimizer.load_state_dict(extra["train"]["optimizer"])
     return extra["train"]["step"]
 

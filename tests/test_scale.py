@@ -23,7 +23,7 @@ from byte_data import (
     split_documents,
 )
 from entropy_llm import MinimalLLM, build_config, compute_entropies, entropy_chunks, precompute_entropies
-from save_entropy_model import model_fingerprint, save_checkpoint
+from save_entropy_model import load_entropy_model, model_fingerprint, save_checkpoint
 from train_blt import LazyLengths, PatchedWindows, document_lengths, patch_config, prepare_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,3 +180,70 @@ def test_two_gloo_processes_precompute_exactly_what_one_does(tmp_path):
     files = [tmp_path / name / os.path.basename(reports[name]["entropies"]) for name in ("one", "two")]
     assert files[0].read_bytes() == files[1].read_bytes()
     assert not os.path.exists(str(files[1]) + ".parts") and os.path.exists(str(files[1]) + ".json")
+
+
+# --------------------------------------------------------------------------------------------------- FSDP2
+
+DIES_AT_STEP_4 = """import sys
+import byte_data, entropy_llm
+batch = byte_data.ByteWindows.batch
+def dies(self, step, *args, **kwargs):
+    if step == 4:
+        raise SystemExit(3)  # every rank, after the checkpoint of step 3
+    return batch(self, step, *args, **kwargs)
+byte_data.ByteWindows.batch = dies
+sys.exit(entropy_llm.main(sys.argv[1:]))
+"""
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def run_script(tmp_path, *args, launcher=(), script="entropy_llm.py"):
+    path = script if os.path.isabs(script) else os.path.join(ROOT, script)
+    return subprocess.run([sys.executable, *launcher, path, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.slow
+def test_fsdp_two_gloo_processes_train_as_one_and_resume(tmp_path):
+    flags = ["--preset", "tiny", "--max_steps", "6", "--batch_size", "8", "--max_bytes", "30000",
+             "--eval_interval", "0", "--ckpt_interval", "3", "--warmup_steps", "2"]
+    runs = {"one": (), "fsdp": TORCHRUN}
+    for name, launcher in runs.items():
+        extra = ["--fsdp"] if launcher else []
+        r = run_script(tmp_path, *flags, *extra, "--out", f"{name}.pth", "--report", f"{name}.json",
+                       launcher=launcher)
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in runs)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=1e-4)
+    assert (tmp_path / "fsdp.pth.dcp").is_dir()
+    a, b = load_entropy_model(str(tmp_path / "one.pth")), load_entropy_model(str(tmp_path / "fsdp.pth"))
+    pairs = zip(a.state_dict().values(), b.state_dict().values())
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in pairs if isinstance(x, torch.Tensor))
+    # interrupted after the checkpoint of step 3, then resumed from its torch.distributed.checkpoint folder
+    (tmp_path / "dies.py").write_text(DIES_AT_STEP_4)
+    r = run_script(tmp_path, *flags, "--fsdp", "--out", "cut.pth", launcher=TORCHRUN,
+                   script=str(tmp_path / "dies.py"))
+    assert r.returncode != 0 and (tmp_path / "cut.pth.dcp").is_dir()
+    r = run_script(tmp_path, *flags, "--fsdp", "--out", "cut.pth", "--resume", "--report", "cut.json",
+                   launcher=TORCHRUN)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = json.loads((tmp_path / "cut.json").read_text())
+    assert resumed["train_loss"] == pytest.approx(two["train_loss"], abs=1e-6)
+    r = run_script(tmp_path, *flags, "--out", "cut.pth", "--resume")  # a sharded checkpoint needs --fsdp
+    assert r.returncode != 0 and "--fsdp" in r.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_blt_two_gloo_processes_train_as_one(tmp_path):
+    flags = ["--preset", "tiny", "--method", "space", "--max_steps", "4", "--batch_size", "4",
+             "--max_bytes", "30000", "--eval_interval", "0", "--ckpt_interval", "0", "--warmup_steps", "1",
+             "--max_patch_size", "16"]
+    for name, launcher in (("one", ()), ("fsdp", TORCHRUN)):
+        extra = ["--fsdp"] if launcher else []
+        r = run_script(tmp_path, *flags, *extra, "--out", f"{name}.pth", "--report", f"{name}.json",
+                       launcher=launcher, script="train_blt.py")
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "fsdp"))
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], abs=1e-4)
