@@ -1,9 +1,9 @@
 """The comparison study, run the way the BLT paper argues: do entropy patches match BPE tokens at equal
 training compute, equal inference compute per byte and equal context, and by how much, with what error?
 
-    python complete_entropy_workflow.py --quick_demo --train_entropy          # ~10 minutes on a 2-core CPU
-    python complete_entropy_workflow.py --train_entropy --flops_budgets 2e12,5e12,1.5e13 --seeds 2 \
-        --out docs/study                                                      # the committed study (hours)
+    python complete_entropy_workflow.py --quick_demo --train_entropy          # ~11 minutes on a 2-core CPU
+    python complete_entropy_workflow.py --train_entropy --entropy_steps 400 --batch_size 4 \
+        --max_bytes 4000000 --flops_budgets 1e12,3e12,1e13 --seeds 2 --out docs/study   # ~6 hours
     python complete_entropy_workflow.py --entropy_model_path entropy_model.pth --flops_budget 1e14
     python complete_entropy_workflow.py --train_entropy --template_preset cpu --blt_preset tiny \
         --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --context_bytes 128 --blt_local_dim 32 \
@@ -89,7 +89,7 @@ class StudyConfig:
             raise ValueError(f"flops_budgets: not a comma-separated list: {self.flops_budgets!r}") from None
 
 
-# --quick_demo: 1 MB (about 310 KB held out), one budget, five runs, a tiny entropy model: ~10 min on 2 cores
+# --quick_demo: 1 MB (about 270 KB held out), one budget, five runs, a tiny entropy model: ~11 min on 2 cores
 QUICK_DEMO = dict(max_bytes=1_000_000, flops_budgets="1e12", batch_size=4, entropy_preset="tiny",
                   entropy_steps=300)
 QUICK_RUNS = ("byte", "bpe", "blt-space", "blt-entropy-4.5", "blt-entropy-8")
@@ -599,7 +599,7 @@ def main(argv=None):
     p.add_argument("--quick_demo", action="store_true",
                    help=f"{QUICK_DEMO['max_bytes']:,} bytes, one budget ({QUICK_DEMO['flops_budgets']}), "
                         "runs "
-                        f"{','.join(QUICK_RUNS)}: ~10 min on a 2-core CPU")
+                        f"{','.join(QUICK_RUNS)}: ~11 min on a 2-core CPU")
     p.add_argument("--train_entropy", action="store_true",
                    help="train the entropy model on the training documents, into OUT/entropy_model.pth")
     p.add_argument("--entropy_model_path", default=None,
