@@ -285,11 +285,15 @@ def entropy_facts(path: str, model, train_docs: list[bytes]) -> dict:
     """The entropy model's costs: training FLOPs (3 x forward per byte x bytes it trained on, from its
     checkpoint's training state) and patching FLOPs per byte (forward per byte x the bytes its scoring
     windows compute per byte kept: entropy_llm.entropy_windows over the training documents)."""
-    W, fpb = model.config.max_seq_len, entropy_llm.flops_per_byte(model.config)
-    computed = sum(e - s for d in train_docs for s, _, e in entropy_llm.entropy_windows(len(d), W))
-    overlap = computed / max(1, sum(map(len, train_docs)))
+    cfg, fpb = model.config, entropy_llm.flops_per_byte(model.config)
+    if cfg.sliding_window:  # one pass, every byte computed once
+        overlap = 1.0
+    else:  # full attention in windows overlapping by half
+        computed = sum(e - s for d in train_docs
+                       for s, _, e in entropy_llm.entropy_windows(len(d), cfg.max_seq_len))
+        overlap = computed / max(1, sum(map(len, train_docs)))
     train = (load_checkpoint(path, "entropy_llm")["_extra_state"].get("train") or {}).get("config") or {}
-    seen = train.get("max_steps", 0) * train.get("batch_size", 0) * W or None
+    seen = train.get("max_steps", 0) * train.get("batch_size", 0) * cfg.train_row_len or None
     return {"checkpoint": os.path.abspath(path), "params": sum(p.numel() for p in model.parameters()),
             "flops_per_byte": fpb, "bytes_trained": seen, "train_flops": 3 * fpb * seen if seen else None,
             "window_overlap": overlap, "patching_flops_per_byte": fpb * overlap}
