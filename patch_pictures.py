@@ -228,7 +228,8 @@ def plot_entropy_histograms(entropies: dict, thresholds: dict, path, bins: int =
                            label=f"{size} B/patch: {t:.3g}")
         ax.set_title(f"{name}: {h.size:,} bytes, mean H {h.mean() if h.size else 0:.3f} nats", fontsize=9)
         ax.set_ylabel("density")
-        ax.legend(loc="upper right", fontsize=7, title="global threshold", title_fontsize=7)
+        if any(t is not None for t in (thresholds.get(name) or {}).values()):
+            ax.legend(loc="upper right", fontsize=7, title="global threshold", title_fontsize=7)
     axes[-1].set_xlabel("entropy H[i] (nats)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
