@@ -59,6 +59,8 @@ def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_st
         *inputs, targets = (t.to(device) for t in batch)
         with autocast(device):
             _, loss = model(*inputs, targets=targets)  # forward
+        if dist.enabled:  # rows may hold padding: weight each rank's mean by its share of the targets
+            loss = loss * global_share(targets, dist)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -201,6 +203,16 @@ def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.devic
 def cleanup_distributed():
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def global_share(targets: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """world_size x this rank's share of the global batch's targets (those not -100): a rank's mean loss
+    times this, averaged over ranks (as DDP averages gradients), is the mean over all targets of the global
+    batch, the loss one process would compute (not a mean of per-rank means)."""
+    n = (targets != -100).sum().to(torch.float64)
+    total = n.clone()
+    tdist.all_reduce(total)
+    return (n * dist.world_size / total).float()
 
 
 def global_mean(x: torch.Tensor, dist: Dist) -> float:
