@@ -298,3 +298,56 @@ def test_entropy_histograms_plot(tmp_path):
     plot_entropy_histograms({"a": rng.gamma(2, 0.5, 500), "b": rng.gamma(3, 0.5, 500)},
                             {"a": {2: 0.4, 4.5: 1.2, 8: None}, "b": {}}, tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -------------------------------------------------------------------------------- the study's questions
+
+STUDY_TINY = ["--template_preset", "cpu", "--blt_preset", "tiny", "--entropy_preset", "tiny",
+              "--entropy_steps", "20", "--max_bytes", "60000", "--context_bytes", "64",
+              "--blt_local_dim", "32", "--bpe_vocab_size", "300", "--batch_size", "2",
+              "--bootstrap_reps", "200", "--flops_budget", "3e9"]
+
+
+@pytest.mark.slow
+def test_the_study_by_domains_with_boundary_quality(tmp_path, monkeypatch):
+    import complete_entropy_workflow as wf
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "dom"
+    assert wf.main([*STUDY_TINY, "--train_entropy", "--runs", "bpe,blt-space,blt-entropy-4.5", "--domains",
+                    "builtin:code,builtin:prose", "--out", str(out)]) == 0
+    info = json.loads((out / "domains.json").read_text())
+    assert set(info["domains"]) == {"builtin:code", "builtin:prose"} and (out / "domains.png").exists()
+    table = (out / "domains.md").read_text()
+    assert "| run | builtin:code | builtin:prose |" in table and "| blt-entropy-4.5 |" in table
+    for d in ("builtin_code", "builtin_prose"):
+        r = json.loads((out / d / "results.json").read_text())
+        assert (out / d / "entropy_model.pth").exists()
+        assert r["boundary_reference"] == "the study's entropy model"
+        runs = {x["name"]: x for x in r["runs"]}
+        assert runs["bpe"]["boundary"] is None
+        space, ent = runs["blt-space"]["boundary"], runs["blt-entropy-4.5"]["boundary"]
+        assert space["word_boundary_fraction"] == 1.0  # the space rule never cuts a word
+        assert ent["word_boundary_fraction"] < 1.0 and ent["boundary_enrichment"] > 0
+        assert "## Boundary quality" in (out / d / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_entropy_models_data_study(tmp_path, monkeypatch):
+    import complete_entropy_workflow as wf
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ed"
+    assert wf.main([*STUDY_TINY, "--data", "builtin:code", "--entropy_data_fraction", "0.1,1.0",
+                    "--out", str(out)]) == 0
+    rows = json.loads((out / "entropy_data.json").read_text())["entropy_data"]
+    assert [r["entropy_data"] for r in rows] == ["10% of builtin:code", "100% of builtin:code",
+                                                 "builtin:prose (other domain)"]
+    assert rows[0]["entropy_train_bytes"] < 0.2 * rows[1]["entropy_train_bytes"]
+    for r in rows:
+        assert math.isfinite(r["entropy_val_bpb"]) and math.isfinite(r["val_bpb"])
+        assert r["run"] == "blt-entropy-4.5"
+        assert abs(r["mean_patch_size"] - 4.5) < 0.25 and r["boundary"]["boundary_enrichment"] is not None
+    assert "| builtin:prose (other domain) |" in (out / "entropy_data.md").read_text()
+    with pytest.raises(SystemExit):
+        wf.main([*STUDY_TINY, "--entropy_data_fraction", "0,2", "--out", str(out)])
