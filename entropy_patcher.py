@@ -79,6 +79,7 @@ from common import atomic_write, config_from_dict, pick_device, write_report
 from entropy_llm import EntropyStream, compute_entropies, entropy_windows
 from patch_pictures import (
     WORD_BYTE,
+    format_analysis,
     patch_statistics,
     plot_entropies,
     plot_entropy_histograms,
@@ -839,29 +840,6 @@ def analyze_domains(entropy_model, corpora: dict, config: PatchConfig, patch_siz
         thresholds = {k: d["thresholds_for_patch_size"]["global"] for k, d in out["domains"].items()}
         plot_entropy_histograms({k: np.concatenate(v) for k, v in train_h.items()}, thresholds, plot)
     return out
-
-
-def format_analysis(result: dict) -> str:
-    """analyze_entropy_distribution's dict form as text: thresholds per domain, then the transfer table."""
-    domains = result["domains"]
-    sizes = list(next(iter(domains.values()))["thresholds_for_patch_size"]["global"])
-    width = max([26] + [len(f"monotonic: {a} -> {b}") for a in domains for b in domains])
-
-    def row(label, values):
-        return f"  {label:<{width}}" + "".join(f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in values)
-
-    head = f"  {{:<{width}}}" + "".join(f"{f'{s} B':>8}" for s in sizes)
-    lines = []
-    for name, d in domains.items():
-        pct = ", ".join(f"p{p} {v:.2f}" for p, v in d["percentiles"].items())
-        lines += [f"{name}: {d['num_bytes']:,} training bytes ({d['num_held_out_bytes']:,} held out); H mean "
-                  f"{d['mean']:.3f}, std {d['std']:.3f} nats; {pct}", head.format("threshold (nats) for")]
-        lines += [row(m, d["thresholds_for_patch_size"][m].values()) for m in ANALYSIS_METHODS]
-    lines += ["transfer: mean patch size on B's held-out documents with the threshold calibrated on A's "
-              "training documents (- : out of reach)", head.format("method: A -> B")]
-    lines += [row(f"{m}: {a} -> {b}", [by_size[s][a][b] for s in sizes])
-              for m, by_size in result["transfer"].items() for a in domains for b in domains]
-    return "\n".join(lines)
 
 
 def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,

@@ -233,3 +233,27 @@ def plot_entropy_histograms(entropies: dict, thresholds: dict, path, bins: int =
     axes[-1].set_xlabel("entropy H[i] (nats)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def format_analysis(result: dict) -> str:
+    """entropy_patcher.analyze_entropy_distribution's dict form as text: thresholds per domain, then the
+    transfer table (the threshold calibrated on A's training documents -> mean patch size on B's held-out)."""
+    domains = result["domains"]
+    sizes = list(next(iter(domains.values()))["thresholds_for_patch_size"]["global"])
+    width = max([26] + [len(f"monotonic: {a} -> {b}") for a in domains for b in domains])
+
+    def row(label, values):
+        return f"  {label:<{width}}" + "".join(f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in values)
+
+    head = f"  {{:<{width}}}" + "".join(f"{f'{s} B':>8}" for s in sizes)
+    lines = []
+    for name, d in domains.items():
+        pct = ", ".join(f"p{p} {v:.2f}" for p, v in d["percentiles"].items())
+        lines += [f"{name}: {d['num_bytes']:,} training bytes ({d['num_held_out_bytes']:,} held out); H mean "
+                  f"{d['mean']:.3f}, std {d['std']:.3f} nats; {pct}", head.format("threshold (nats) for")]
+        lines += [row(m, by_size.values()) for m, by_size in d["thresholds_for_patch_size"].items()]
+    lines += ["transfer: mean patch size on B's held-out documents with the threshold calibrated on A's "
+              "training documents (- : out of reach)", head.format("method: A -> B")]
+    lines += [row(f"{m}: {a} -> {b}", [by_size[s][a][b] for s in sizes])
+              for m, by_size in result["transfer"].items() for a in domains for b in domains]
+    return "\n".join(lines)

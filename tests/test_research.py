@@ -26,7 +26,7 @@ from entropy_patcher import (
     patcher_from_meta,
     patching_flops_per_byte,
 )
-from patch_pictures import boundary_quality, plot_entropy_histograms
+from patch_pictures import boundary_quality, format_analysis, plot_entropy_histograms
 from save_entropy_model import save_checkpoint
 
 
@@ -249,7 +249,7 @@ def test_analysis_per_domain_and_the_transfer_table(models, tmp_path):
                 assert a["transfer"][method][4.5][A][B] == pytest.approx(stats["mean_patch_size"])
     g = a["transfer"]["global"][4.5]
     assert g["prose"]["code"] != g["code"]["code"]  # the two domains' thresholds differ in effect
-    text = ep.format_analysis(a)
+    text = format_analysis(a)
     assert "global: prose -> code" in text and "monotonic" in text
     assert cfg.min_patch_size == 1
 
