@@ -8,6 +8,9 @@ training compute, equal inference compute per byte and equal context, and by how
     python complete_entropy_workflow.py --train_entropy --template_preset cpu --blt_preset tiny \
         --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --context_bytes 128 --blt_local_dim 32 \
         --bpe_vocab_size 300 --batch_size 4 --flops_budget 3e10                # a smoke run, seconds
+The seed's research questions (docs/research/README.md has the answers; /work/plan/RESEARCH_COMMANDS.md):
+    python complete_entropy_workflow.py --quick_demo --train_entropy --domains builtin:code,builtin:prose
+    python complete_entropy_workflow.py --quick_demo --data builtin:code --entropy_data_fraction 0.01,0.1,1.0
 
 Protocol (DESIGN.md, "The comparison protocol"):
 - Runs (--runs): byte and bpe (template_llm.py, a plain transformer over bytes or a BPE learned from the
@@ -25,6 +28,14 @@ Protocol (DESIGN.md, "The comparison protocol"):
 - Uncertainty: BPB with a 95% bootstrap interval over held-out documents; BLT minus BPE with a paired
   interval on the same documents; --seeds N changes init and data order (the entropy model and the BPE
   tokenizer are trained once, with the first seed, and shared). An interval holding 0: "no difference".
+- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality):
+  starts on word boundaries, boundary enrichment under the study's entropy model as the reference byte
+  model (its -log p of each byte), and patch size mean, median and coefficient of variation.
+- --domains A,B: the whole study per domain (OUT/<domain>/), then one table of runs by domains (BPB and its
+  gap to BPE with intervals; domains.md, domains.json, domains.png).
+- --entropy_data_fraction F1,F2,..: entropy models trained (same steps) on the first F of the training
+  bytes, and one on --entropy_other_data's training documents; for each, its held-out BPB on this corpus,
+  the patch statistics and the BLT's held-out BPB at the first budget (OUT/entropy_data.md and .json).
 Everything the study trains goes under --out, with results.md, results.json and plots; an existing model
 there is refused unless --overwrite.
 """
@@ -47,7 +58,7 @@ import train_blt as tb
 from blt_model import BLTConfig, flops_per_byte
 from byte_data import DataError, load_corpus, split_documents
 from common import add_config_args, config_from_dict, config_overrides, pick_device, write_report
-from patch_pictures import plot_entropies
+from patch_pictures import boundary_quality, plot_entropies
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model
 
 RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-4.5", "blt-entropy-6", "blt-entropy-8")
@@ -435,6 +446,7 @@ def results_markdown(summary: list[dict], info: dict, study: StudyConfig, comman
                      f"{p / 1e6:.3f}M | "
                      f"{(s['flops_per_byte'] + p) / 1e6:.3f}M | {s['train_flops']:.3g} | {e:.3g} | "
                      f"{s['train_flops'] + e:.3g} |")
+    lines += boundary_markdown(info["boundary"], info["boundary_reference"])
     lines += ["", "## Headline", ""] + [f"- {h}" for h in info["headline"]]
     return "\n".join(lines) + "\n"
 
@@ -515,11 +527,13 @@ def refuse_existing(paths: list[str], overwrite: bool):
 
 def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: str | None = None,
               train_entropy: bool = False, quick_demo: bool = False, device=None, runs=RUN_NAMES,
-              command: str = "", text_field: str | None = None, overwrite: bool = False) -> dict:
+              command: str = "", text_field: str | None = None, overwrite: bool = False,
+              reference=None) -> dict:
     """Train every (run, budget, seed) and write results.md, results.json and plots under out_dir.
 
     With train_entropy the entropy model is written to entropy_model_path, by default out_dir's
-    entropy_model.pth; without, entropy_model_path (default entropy_model.pth) is read, never written."""
+    entropy_model.pth; without, entropy_model_path (default entropy_model.pth) is read, never written.
+    reference: the byte model of boundary enrichment (default: the study's entropy model)."""
     t_start = time.perf_counter()
     runs = sorted(runs, key=lambda n: n != "bpe")  # BPE first: every other run is compared with it
     for name in runs:
@@ -553,6 +567,8 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
     setup = prepare(study, docs, runs, entropy_model, os.path.abspath(entropy_model_path), out_dir,
                     entropy_info.get("patching_flops_per_byte", 0.0))
     fpb = check_sizes(study, setup, runs)
+    reference = reference if reference is not None else entropy_model
+    boundary = boundary_figures(setup.datasets, reference)
     print("forward FLOPs per byte: " + ", ".join(f"{n} {f / 1e6:.3f}M" for n, f in fpb.items())
           + f" (BPE target {setup.target / 1e6:.3f}M)")
 
@@ -562,6 +578,7 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
             for name in runs:
                 print(f"\n=== {name}, budget {budget:.3g} FLOPs, seed {seed} ===")
                 r = run_one(name, budget, seed, study, setup, out_dir, device)
+                r["boundary"] = boundary.get(name)
                 results.append(r)
                 print(f"{name}: held-out {r['val_bpb']:.4f} BPB {fmt_ci(r['bpb_ci'])}, {r['steps']} steps, "
                       f"{r['train_flops']:.3g} training FLOPs, {r['wall_s']:.0f}s")
@@ -585,12 +602,163 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
             "train_bytes": sum(map(len, setup.train_docs)), "val_bytes": int(doc_bytes.sum()),
             "tokens_per_byte": setup.tokens_per_byte, "target_flops_per_byte": setup.target,
             "bpe_row_tokens": max(1, round(study.context_bytes * setup.tokens_per_byte)),
-            "plots": [os.path.basename(p) for p in plots], "command": command}
+            "plots": [os.path.basename(p) for p in plots], "command": command, "boundary": boundary,
+            "boundary_reference": None if reference is None else "the study's entropy model"}
     info["wall_s"] = time.perf_counter() - t_start
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(results_markdown(summary, info, study, command))
     write_report(os.path.join(out_dir, "results.json"), info)
     return info
+
+
+# ----------------------------------------------------------------------------------------------------
+# The seed's research questions: boundary quality, domains, the entropy model's data
+
+
+def boundary_figures(datasets: dict, reference) -> dict:
+    """Boundary quality of each BLT run's patches of the held-out documents; the surprisal of enrichment
+    is -log p of each byte under `reference` (None: no enrichment)."""
+    val = next(iter(datasets.values())).val_docs if datasets else []
+    surprisal = (entropy_llm.score_bytes(reference, val, want_nll=True)[1]
+                 if reference is not None and val else None)
+    return {name: boundary_quality(ds.val_docs, ds.val_lengths, surprisal) for name, ds in datasets.items()}
+
+
+def num(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def boundary_markdown(boundary: dict, reference) -> list[str]:
+    if not boundary:
+        return []
+    lines = ["", "## Boundary quality (held-out documents)", "",
+             f"Enrichment: mean surprisal of patch-start bytes over that of the other bytes, under "
+             f"{reference or 'no reference model (no entropy model in this study)'}; a document's first "
+             "byte is left out. Word boundaries: starts that cut no word (chance: the share of all bytes).",
+             "",
+             "| run | mean patch | median | CV | starts on word boundaries (chance) | enrichment |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, b in boundary.items():
+        lines.append(f"| {name} | {b['mean_patch_size']:.2f} | {b['median_patch_size']:.1f} | "
+                     f"{b['patch_size_cv']:.2f} | {num(b['word_boundary_fraction'])} "
+                     f"({num(b['word_boundary_base_rate'])}) | {num(b['boundary_enrichment'])} |")
+    return lines
+
+
+def slug(data: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", data).strip("_") or "data"
+
+
+def run_domains(domains: list[str], out_dir: str, train_entropy: bool, entropy_model_path, **kw) -> dict:
+    """The same study per domain (OUT/<domain>), then one table and plot of runs by domains."""
+    infos = {d: run_study(data=d, out_dir=os.path.join(out_dir, slug(d)), train_entropy=train_entropy,
+                          entropy_model_path=entropy_model_path, **kw) for d in domains}
+    budget = kw["study"].budgets[0]
+    cells = {d: {s["name"]: s for s in info["summary"] if s["budget"] == budget} for d, info in infos.items()}
+    names = list(dict.fromkeys(n for c in cells.values() for n in c))
+    lines = [f"# Runs by domain ({budget:.3g} training FLOPs): held-out BPB [95% CI]; minus BPE [95% CI]",
+             "", f"`{kw.get('command', '')}`", "", "Each domain is a separate study (its own split, BPE, "
+             "entropy model, FLOP matching): see its folder's results.md.", "",
+             "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for n in names:
+        row = []
+        for d in domains:
+            c = cells[d].get(n)
+            gap = "" if not c or c["diff_vs_bpe"] is None else \
+                f"; {c['diff_vs_bpe']:+.4f} {fmt_ci(c['diff_ci'])} {c['verdict']}"
+            row.append("-" if not c else f"{c['val_bpb']:.4f} {fmt_ci(c['bpb_ci'])}{gap}")
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "domains.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_domains(cells, names, os.path.join(out_dir, "domains.png"))
+    summary = {"domains": {d: {"summary": i["summary"], "boundary": i["boundary"], "wall_s": i["wall_s"],
+                               "entropy_model": i["entropy_model"]} for d, i in infos.items()},
+               "budget": budget, "plots": ["domains.png"], "command": kw.get("command", "")}
+    write_report(os.path.join(out_dir, "domains.json"), summary)
+    return summary
+
+
+def plot_domains(cells: dict, names: list[str], path: str):
+    """Held-out BPB and the gap to BPE per run, one colour per domain, with 95% intervals."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 6.5))
+    for row, (key, ci, label) in enumerate((("val_bpb", "bpb_ci", "held-out bits per byte"),
+                                            ("diff_vs_bpe", "diff_ci", "minus BPE (bits per byte)"))):
+        ax = fig.add_subplot(2, 1, row + 1)
+        for k, (d, c) in enumerate(cells.items()):
+            pts = [(j, c[n]) for j, n in enumerate(names) if n in c and c[n][key] is not None]
+            if pts:
+                xs = [j + (k - (len(cells) - 1) / 2) * 0.8 / len(cells) for j, _ in pts]
+                ys = np.array([v[key] for _, v in pts])
+                err = np.abs(np.array([v[ci] for _, v in pts]).T - ys)
+                ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=f"C{k}", label=d)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if row:
+            ax.axhline(0, color="k", lw=0.8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: list[float], other, runs,
+                     device=None, overwrite=False, text_field=None, command: str = "", quick_demo=False
+                     ) -> dict:
+    """Entropy models on the first F of the training bytes (each F, the same steps) and on `other`'s
+    training documents; for each its held-out BPB on `data`, then one BLT run (the first entropy run of
+    `runs`) at the first budget. Boundary enrichment is read under the model of the largest fraction."""
+    run = next((r for r in runs if parse_run(r).get("method") in ENTROPY_METHODS), "blt-entropy-4.5")
+    study = dataclasses.replace(study, flops_budgets=str(study.budgets[0]), seeds=1)
+    train_docs, val_docs = split_documents(load_corpus(data, study.max_bytes, text_field=text_field))
+    total = sum(map(len, train_docs))
+    sources = [(f"{100 * f:g}% of {data}", entropy_llm.cap_bytes(train_docs, max(1, int(f * total))))
+               for f in sorted(fractions)]
+    if other:
+        sources.append((f"{other} (other domain)", split_documents(load_corpus(other, study.max_bytes))[0]))
+    steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
+    ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed, **steps)
+    paths = [os.path.join(out_dir, f"entropy-{slug(label)}.pth") for label, _ in sources]
+    refuse_existing(paths, overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for (label, docs), path in zip(sources, paths):
+        print(f"\n=== entropy model on {label}: {sum(map(len, docs)):,} bytes ===")
+        erep = entropy_llm.train_entropy_model(ecfg, docs, val_docs, path, device)
+        rows.append({"entropy_data": label, "entropy_train_bytes": sum(map(len, docs)), "checkpoint": path,
+                     "entropy_val_bpb": erep["val_bpb"]})
+    reference = load_entropy_model(paths[len(fractions) - 1], pick_device(device))
+    for row, (label, _) in zip(rows, sources):
+        info = run_study(study, data, os.path.join(out_dir, slug(label)), row["checkpoint"], runs=[run],
+                         device=device, overwrite=overwrite, text_field=text_field, reference=reference,
+                         command=command)
+        r = info["runs"][0]
+        keys = ("val_bpb", "bpb_ci", "entropy_threshold", "mean_patch_size", "boundary")
+        row.update(run=run, **{k: r[k] for k in keys})
+    lines = [f"# The entropy model's data: {data}, {run} at {study.budgets[0]:.3g} training FLOPs", "",
+             f"`{command}`", "", f"Entropy models: {ecfg.d_model} x {ecfg.n_layers}, {ecfg.max_steps} "
+             "steps each; held-out BPB on this corpus's held-out documents. Enrichment under the model of "
+             "the largest fraction.", "",
+             "| entropy model trained on | bytes | its held-out BPB | threshold | mean patch (training) | "
+             "CV (held-out) | word boundaries | enrichment | BLT held-out BPB [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        b = r["boundary"]
+        lines.append(f"| {r['entropy_data']} | {r['entropy_train_bytes']:,} | {r['entropy_val_bpb']:.4f} | "
+                     f"{r['entropy_threshold']:.3f} | {r['mean_patch_size']:.2f} | {b['patch_size_cv']:.2f} "
+                     f"| {num(b['word_boundary_fraction'])} | {num(b['boundary_enrichment'])} | "
+                     f"{r['val_bpb']:.4f} {fmt_ci(r['bpb_ci'])} |")
+    with open(os.path.join(out_dir, "entropy_data.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    info = {"entropy_data": rows, "run": run, "budget": study.budgets[0], "command": command, "plots": []}
+    write_report(os.path.join(out_dir, "entropy_data.json"), info)
+    return info
+
+
+OTHER_DOMAIN = {"builtin:code": "builtin:prose", "builtin:prose": "builtin:code"}
 
 
 def main(argv=None):
@@ -614,6 +782,12 @@ def main(argv=None):
                    f"blt-entropy-[METHOD-]SIZE (default: {','.join(RUN_NAMES)})")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
     p.add_argument("--report", default=None, help="also write results.json's content here")
+    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), and "
+                   "one table of runs by domains")
+    p.add_argument("--entropy_data_fraction", help="comma-separated fractions of the training bytes, e.g. "
+                   "0.01,0.1,1.0: the entropy model's data study instead of the runs")
+    p.add_argument("--entropy_other_data", help="that study's other-domain corpus (default: the other of "
+                   "builtin:code and builtin:prose)")
     add_config_args(p, StudyConfig, aliases={"flops_budgets": ("flops_budget",)})
     args = p.parse_args(argv)
     runs = args.runs.split(",") if args.runs else (QUICK_RUNS if args.quick_demo else RUN_NAMES)
@@ -627,15 +801,31 @@ def main(argv=None):
         study = config_from_dict(StudyConfig, QUICK_DEMO if args.quick_demo else {},
                                  **config_overrides(args, StudyConfig))
         command = "python complete_entropy_workflow.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        info = run_study(study, args.data, args.out, args.entropy_model_path, args.train_entropy,
-                         args.quick_demo, args.device, runs, command.strip(), args.text_field, args.overwrite)
+        kw = dict(study=study, quick_demo=args.quick_demo, device=args.device, runs=runs,
+                  command=command.strip(), text_field=args.text_field, overwrite=args.overwrite)
+        t0, name = time.perf_counter(), "results"
+        if args.entropy_data_fraction:
+            fractions = [float(f) for f in args.entropy_data_fraction.split(",") if f.strip()]
+            if not fractions or not all(0 < f <= 1 for f in fractions) or args.domains:
+                p.error("--entropy_data_fraction takes fractions in (0, 1] and one --data (not --domains)")
+            other = args.entropy_other_data or OTHER_DOMAIN.get(args.data)
+            info, name = run_entropy_data(data=args.data, out_dir=args.out, fractions=fractions, other=other,
+                                          **kw), "entropy_data"
+        elif args.domains:
+            if args.train_entropy and args.entropy_model_path:
+                p.error("with --domains and --train_entropy each domain's model goes to OUT/<domain>/")
+            info, name = run_domains(args.domains.split(","), args.out, args.train_entropy,
+                                     args.entropy_model_path, **kw), "domains"
+        else:
+            info = run_study(data=args.data, out_dir=args.out, entropy_model_path=args.entropy_model_path,
+                             train_entropy=args.train_entropy, **kw)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
-    print(open(os.path.join(args.out, "results.md")).read())
-    print(f"wrote {args.out}/results.md, results.json, {', '.join(info['plots'])} "
-          f"({info['wall_s'] / 60:.1f} min)")
+    print(open(os.path.join(args.out, f"{name}.md")).read())
+    print(f"wrote {args.out}/{name}.md, {', '.join([f'{name}.json'] + info['plots'])} "
+          f"({(time.perf_counter() - t0) / 60:.1f} min)")
     write_report(args.report, info)
     return 0
 
