@@ -358,7 +358,7 @@ def test_16_ctrl_c_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     out = str(tmp_path / "m.pth")
     cmd = [sys.executable, "-u", os.path.join(ROOT, "entropy_llm.py"), *LM_FLAGS, "--max_steps", "1000000",
            "--data", corpus, "--out", out]
-    env = {**os.environ, "BLT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "BLT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
