@@ -65,6 +65,7 @@ V = 256  # byte classes
 HASH_BASE = 1_000_003
 HASH_MOD = 2**31 - 1  # Mersenne prime
 HASH_PAD = 256
+DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-attention key range
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,6 +220,11 @@ class WindowAttention(Attention):
         assert mask is None, "the window is the mask"
         B, T, C = x.shape
         W = self.window
+        if cache is not None and T == 1:  # one new position (generation): it sees the last W keys, unmasked
+            q, k, v = self.qkv(x).view(B, 1, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = cache.append(apply_rotary(k, cos, sin), v)  # (B, H, S, Dh)
+            y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), k[:, :, -W:], v[:, :, -W:])
+            return self.proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C)
         if T + (cache.len if cache is not None else 0) <= W:
             return super().forward(x, cos, sin, cache=cache)  # plain causal: nobody is more than W back
         if cache is not None or T <= 2 * W:
@@ -273,11 +279,18 @@ class CrossAttention(nn.Module):
         k, v = self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x, src=None, mask=None, kv=None):
+    def forward(self, x, src=None, mask=None, kv=None, key_blocks=None):
+        """key_blocks: optional [(t0, t1, n)]: queries t0..t1-1 may see no key past n (their mask's columns
+        n.. are all False), so each block attends to its first n keys only; the result is the same."""
         B, T, C = x.shape
         k, v = kv if kv is not None else self.project_kv(src)  # (B, H, S, Dh)
         q = self.q(self.q_norm(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if key_blocks is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, :n], v[:, :, :n],
+                                                          attn_mask=mask[..., t0:t1, :n])
+                           for t0, t1, n in key_blocks], dim=2)  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
 
@@ -314,22 +327,30 @@ class LocalEncoder(nn.Module):
         cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
         return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
-    def patch_states(self, h, patch_ids, patch_lengths):
-        """(B, T, C) byte states, (B, T) patch ids, (B, P) lengths -> (B, P, K*C); empty patches give 0."""
+    def patch_states(self, h, patch_lengths):
+        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0.
+
+        Each patch's bytes are gathered into a (L,) slot, L = the longest patch, so pooling and the
+        cross-attention cost P x L per row rather than the P x T of a masked dense product.
+        """
         B, T, C = h.shape
-        P, K = patch_lengths.size(1), self.K
-        # max-pool each patch's bytes; padding bytes go to the extra slot P, which is dropped
-        pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
-            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False
-        )[:, :P]  # (B, P, C)
-        q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
-        q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
-        mask = q_patch.view(1, -1, 1) == patch_ids.unsqueeze(1)  # (B, P*K, T): queries see their own bytes
-        empty = (patch_lengths == 0).repeat_interleave(K, dim=1)  # (B, P*K)
-        mask[..., 0] |= empty  # an empty patch's row may not be all False (NaN); its output is zeroed below
-        y = q + self.cross(q, h, mask=mask.unsqueeze(1))  # (B, P*K, C)
-        y = y.masked_fill(empty.unsqueeze(-1), 0.0)
-        return y.view(B, P, K * C)  # (B, P, K*C)
+        P, K, H = patch_lengths.size(1), self.K, self.cross.n_heads
+        L = max(int(patch_lengths.max()), 1) if P else 1  # the one host sync: the longest patch
+        offset = torch.arange(L, device=h.device)
+        valid = offset < patch_lengths.unsqueeze(-1)  # (B, P, L): slot l holds a byte of the patch
+        pos = ((patch_lengths.cumsum(1) - patch_lengths).unsqueeze(-1) + offset).clamp(max=T - 1)  # (B, P, L)
+        pos = pos.view(B, P * L, 1)
+        hp = h.gather(1, pos.expand(B, P * L, C)).view(B, P, L, C)  # (B, P, L, C) each patch's bytes
+        pooled = hp.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(2)  # (B, P, C) max-pool
+        empty = patch_lengths == 0  # (B, P)
+        pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
+        q = self.pool_proj(pooled).view(B, P, K, C)  # (B, P, K, C): K queries per patch
+        kv = self.cross.kv(self.cross.kv_norm(h))  # (B, T, 2C): keys and values of every byte, once
+        kv = kv.gather(1, pos.expand(B, P * L, 2 * C)).view(B, P, L, 2, H, C // H)  # (B, P, L, 2, H, Dh)
+        k, v = kv.permute(3, 0, 1, 4, 2, 5).reshape(2, B * P, H, L, C // H)  # 2x (B*P, H, L, Dh)
+        mask = (valid | (offset == 0)).view(B * P, 1, 1, L)  # an empty patch reads slot 0 (zeroed below)
+        y = q + self.cross(q.view(B * P, K, C), kv=(k, v), mask=mask).view(B, P, K, C)  # (B, P, K, C)
+        return y.masked_fill(empty.view(B, P, 1, 1), 0.0).view(B, P, K * C)  # (B, P, K*C)
 
 
 class GlobalTransformer(nn.Module):
@@ -389,11 +410,14 @@ class LocalDecoder(nn.Module):
     def start_keys(self, B: int):
         return self.patch_keys(self.global_start.view(1, 1, -1).expand(B, 1, -1))  # (B, K, C)
 
-    def forward(self, x, kv_src=None, cross_mask=None, caches: list[KVCache] | None = None, cross_kv=None):
-        """(B, t, C) inputs -> (B, t, V) logits. Keys come from kv_src (B, S, C) or from cached cross_kv."""
+    def forward(self, x, kv_src=None, cross_mask=None, caches: list[KVCache] | None = None, cross_kv=None,
+                key_blocks=None):
+        """(B, t, C) inputs -> (B, t, V) logits. Keys come from kv_src (B, S, C) or from cached cross_kv;
+        key_blocks as in CrossAttention.forward."""
         cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
         for i, (cross, block) in enumerate(zip(self.cross, self.blocks)):
-            x = x + cross(x, kv_src, mask=cross_mask, kv=cross_kv[i] if cross_kv else None)
+            kv = cross_kv[i] if cross_kv else None
+            x = x + cross(x, kv_src, mask=cross_mask, kv=kv, key_blocks=key_blocks)
             x = block(x, cos, sin, cache=caches[i] if caches else None)
         return self.head(self.norm(x))  # (B, t, V)
 
@@ -437,7 +461,7 @@ class BLTModel(CarriesConfig, nn.Module):
         P = patch_lengths.size(1)
         patch_ids = patch_ids_from_lengths(patch_lengths, T)  # (B, T)
         h = self.encoder.byte_states(self.encoder.embed(idx))  # (B, T, C)
-        p = self.encoder.patch_states(h, patch_ids, patch_lengths)  # (B, P, K*C)
+        p = self.encoder.patch_states(h, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
         # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j'
@@ -445,7 +469,12 @@ class BLTModel(CarriesConfig, nn.Module):
         key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
         cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
-        logits = self.decoder(x, keys, cross_mask=cross_mask.unsqueeze(1))  # (B, T, V)
+        # bytes in blocks of DECODER_BLOCK: a block needs the keys up to its last byte's patch only (patch ids
+        # never decrease along a row), about half of them on average; one host sync for all blocks
+        K, Tb = self.config.cross_attn_k, DECODER_BLOCK
+        last = patch_ids[:, [min(t + Tb, T) - 1 for t in range(0, T, Tb)]].amax(0)  # (blocks,)
+        key_blocks = [(t, min(t + Tb, T), K * (int(j) + 1)) for t, j in zip(range(0, T, Tb), last.tolist())]
+        logits = self.decoder(x, keys, cross_mask=cross_mask.unsqueeze(1), key_blocks=key_blocks)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1), ignore_index=-100)
@@ -460,9 +489,11 @@ class BLTModel(CarriesConfig, nn.Module):
     # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
 
     @torch.inference_mode()
-    def generate(self, prompt: bytes, max_new_bytes: int, patcher=None, temperature: float = 1.0,
+    def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None,
+                 temperature: float = 1.0,
                  top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
-        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes.
+        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes (a list of prompts gives
+        a list of outputs).
 
         `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
         is known, whether it starts a patch, by the causal rule used for training; None means
@@ -476,6 +507,11 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("max_new_bytes must be non-negative")
         if temperature < 0:
             raise ValueError("temperature must be non-negative")
+        if isinstance(prompt, (list, tuple)):  # several prompts: a list of outputs, one per prompt
+            # (run one after another for now, each with its own stream and caches; seeded sampling uses
+            # seed + i for prompt i, so greedy output equals one-at-a-time output)
+            return [self.generate(p, max_new_bytes, patcher, temperature, top_k, use_cache,
+                                  None if seed is None else seed + i) for i, p in enumerate(prompt)]
         if isinstance(prompt, str):
             raise TypeError("prompt must be bytes (encode text first, e.g. text.encode('utf-8'))")
         patcher = patcher if patcher is not None else self.patcher
@@ -578,7 +614,7 @@ class BLTModel(CarriesConfig, nn.Module):
         """Bytes patch_start.. in patches of these lengths: pool, step the global model, add their keys."""
         L = torch.tensor([lengths], device=self._device())  # (1, m)
         h = state.h[:, state.patch_start:state.patch_start + sum(lengths)]  # (1, t, C)
-        p = self.encoder.patch_states(h, patch_ids_from_lengths(L, h.size(1)), L)  # (1, m, K*C)
+        p = self.encoder.patch_states(h, L)  # (1, m, K*C)
         g = self.global_model(p, caches=state.global_caches)  # (1, m, D)
         self._add_patch_keys(state, self.decoder.patch_keys(g))
 

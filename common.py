@@ -123,8 +123,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, S, Dh)
-        if mask is None and cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None and (cache is None or T == 1):  # causal; one cached query sees every key
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
         elif mask is None:  # cached decoding: query t sits at absolute position S - T + t
             S = k.size(2)
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
@@ -169,7 +169,7 @@ class Block(nn.Module):
 
 
 def run_blocks(blocks, x, cos, sin, mask=None, caches: list[KVCache] | None = None):
-    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cached."""
+    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the cache."""
     for i, block in enumerate(blocks):
         x = block(x, cos, sin, mask=mask, cache=caches[i] if caches else None)
     return x

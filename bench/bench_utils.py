@@ -96,10 +96,11 @@ def alternate(sides: dict, rounds: int, verbose: bool = True) -> dict[str, list[
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            dt, _ = timed(lambda: sides[name](r))
+            dt, _ = timed(lambda name=name, r=r: sides[name](r))
             times[name].append(dt)
         if verbose:
-            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in names), flush=True)
+            line = ", ".join(f"{k} {times[k][-1]:.3f}s" for k in names)
+            print(f"  round {r + 1}/{rounds}: {line}", flush=True)
     return times
 
 
@@ -199,12 +200,14 @@ def hf_blt_config(cfg, patcher_cfg=None):
         encoder_hash_byte_group_vocab=cfg.hash_table_size, encoder_hash_byte_group_nb_functions=1,
         max_position_embeddings=cfg.max_seq_len, max_patch_length=None,
         encoder_config=dict(local, hidden_size=cfg.encoder_dim, num_attention_heads=cfg.encoder_heads,
-                            num_hidden_layers=cfg.encoder_layers, intermediate_size=mlp_hidden(cfg.encoder_dim)),
+                            num_hidden_layers=cfg.encoder_layers,
+                            intermediate_size=mlp_hidden(cfg.encoder_dim)),
         global_config=dict(hidden_size=cfg.global_dim, num_attention_heads=cfg.global_heads,
                            num_hidden_layers=cfg.global_layers, intermediate_size=mlp_hidden(cfg.global_dim),
                            max_position_embeddings=cfg.max_seq_len),
         decoder_config=dict(local, hidden_size=cfg.decoder_dim, num_attention_heads=cfg.decoder_heads,
-                            num_hidden_layers=cfg.decoder_layers, intermediate_size=mlp_hidden(cfg.decoder_dim)),
+                            num_hidden_layers=cfg.decoder_layers,
+                            intermediate_size=mlp_hidden(cfg.decoder_dim)),
         **kw)
 
 

@@ -1,4 +1,4 @@
-"""Entropy pass throughput: entropy_llm.compute_entropies against the per-byte way and Hugging Face's BltPatcher.
+"""Entropy pass throughput: entropy_llm.compute_entropies against the per-byte way and HF's BltPatcher.
 
     python bench/entropy_throughput.py --out bench/results/entropy_throughput.json
     python bench/entropy_throughput.py --quick            # seconds: a smoke run on 20 KB
@@ -107,7 +107,7 @@ def matmul_ceiling_at_our_shapes(cfg: EntropyConfig, rows: int) -> dict:
 
 @torch.inference_mode()
 def stage_breakdown(model, docs: list[bytes], batch_size: int, max_batches: int) -> dict:
-    """Seconds per stage of our pass over the first max_batches batches: the loop of score_sequences, split."""
+    """Seconds per stage of our pass over the first max_batches batches (the loop of score_sequences)."""
     W = model.config.max_seq_len
     arrays = [np.frombuffer(d, dtype=np.uint8) for d in docs]
     ent = [np.zeros(len(a), dtype=np.float32) for a in arrays]
@@ -132,7 +132,8 @@ def stage_breakdown(model, docs: list[bytes], batch_size: int, max_batches: int)
         for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             t[k] += dt
     total = sum(t.values())
-    return {"seconds": t, "fraction": {k: v / total for k, v in t.items()}, "batches": -(-len(jobs) // batch_size)}
+    return {"seconds": t, "fraction": {k: v / total for k, v in t.items()},
+            "batches": -(-len(jobs) // batch_size)}
 
 
 _CATEGORIES = (  # torch.profiler op name -> what it is, in our pass
@@ -184,10 +185,10 @@ def profile_pass(model, docs: list[bytes], batch_size: int, max_batches: int) ->
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bu.add_common_args(p)
-    p.add_argument("--max_bytes", type=int, default=None, help="corpus bytes (default 1,000,000; quick 20,000)")
+    p.add_argument("--max_bytes", type=int, default=None, help="corpus bytes (default 1e6; quick 2e4)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 4; quick 2)")
-    p.add_argument("--naive_bytes", type=int, default=None, help="bytes timed per round the per-byte way (300)")
-    p.add_argument("--batch_size", type=int, default=8, help="windows per batch (compute_entropies' CPU default)")
+    p.add_argument("--naive_bytes", type=int, default=None, help="bytes timed per round per byte (300)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows per batch (CPU default)")
     p.add_argument("--no_hf", action="store_true", help="skip the Hugging Face side")
     p.add_argument("--no_profile", action="store_true", help="skip the profile of our pass")
     args = p.parse_args(argv)
@@ -227,7 +228,8 @@ def main(argv=None):
         hf_entropies(hf, shards[0][:1], W, args.batch_size)
     naive_entropies(model, longest, naive_start, 2)
 
-    sides = {"ours": lambda r: compute_entropies(model, shards[r], batch_size=args.batch_size, show_progress=False)}
+    sides = {"ours": lambda r: compute_entropies(model, shards[r], batch_size=args.batch_size,
+                                                 show_progress=False)}
     if hf is not None:
         sides["hf"] = lambda r: hf_entropies(hf, shards[r], W, args.batch_size)
     sides["naive"] = lambda r: naive_entropies(model, longest, naive_start, naive_n)
@@ -244,7 +246,8 @@ def main(argv=None):
         if side not in times:
             continue
         bps = [b / t for b, t in zip(shard_bytes, times[side])]
-        flops = [fpb * r * W / t for r, t in zip(rows, times[side])]  # every computed position, padding included
+        # every computed position, padding included
+        flops = [fpb * r * W / t for r, t in zip(rows, times[side])]
         res[side] = {"seconds_per_round": times[side], "bytes_per_s": bu.summary(bps),
                      "bytes_per_s_total": sum(shard_bytes) / sum(times[side]),
                      "flops_per_s": bu.median(flops), "mfu": bu.median(flops) / peak}
@@ -275,10 +278,12 @@ def main(argv=None):
     # the per-byte way computes the same H as compute_entropies where the context agrees (first window)
     check = compute_entropies(model, longest[:W])
     naive_check = naive_entropies(model, longest[:W], 0, min(W, 32))
-    report["naive_vs_ours_first_window_max_abs_diff"] = float(np.abs(check[:len(naive_check)] - naive_check).max())
+    diff = np.abs(check[:len(naive_check)] - naive_check)
+    report["naive_vs_ours_first_window_max_abs_diff"] = float(diff.max())
     if not args.no_profile:
         nb = 2 if args.quick else 16
-        report["matmul_ceiling_at_our_shapes_flops_per_s"] = matmul_ceiling_at_our_shapes(cfg, args.batch_size * W)
+        ceiling = matmul_ceiling_at_our_shapes(cfg, args.batch_size * W)
+        report["matmul_ceiling_at_our_shapes_flops_per_s"] = ceiling
         report["stage_breakdown"] = stage_breakdown(model, docs, args.batch_size, nb)
         report["profile"] = profile_pass(model, docs, args.batch_size, nb)
     report["machine"]["loadavg_at_end"] = bu.loadavg()
@@ -289,10 +294,12 @@ def main(argv=None):
                       1 / ratios["ours_over_hf"], res["hf"]["mfu"]))
     table.append(("naive per-byte", res["naive"]["bytes_per_s"]["median"], 1 / ratios["ours_over_naive"],
                   float("nan")))
-    print(f"\nmatmul peak {peak / 1e9:.1f} GFLOP/s; {total_rows * W / sum(shard_bytes):.2f} positions computed per byte")
+    print(f"\nmatmul peak {peak / 1e9:.1f} GFLOP/s; "
+          f"{total_rows * W / sum(shard_bytes):.2f} positions computed per byte")
     bu.print_table(table, ("side", "bytes/s (median)", "x ours", "mfu"))
     if "stage_breakdown" in report:
-        print("our pass by stage: " + ", ".join(f"{k} {v:.0%}" for k, v in report["stage_breakdown"]["fraction"].items()))
+        stages = report["stage_breakdown"]["fraction"].items()
+        print("our pass by stage: " + ", ".join(f"{k} {v:.0%}" for k, v in stages))
         print("ops by category: " + ", ".join(f"{k} {v:.0%}" for k, v in
                                              report["profile"]["by_category_fraction_of_op_time"].items()))
     bu.write_json(args.out, report)

@@ -258,6 +258,17 @@ def test_greedy_generation_cached_equals_uncached(prompt, patcher):
         assert len(set(patcher.patch_lengths(prompt + cached).tolist())) > 2
 
 
+def test_generate_on_a_list_of_prompts_equals_one_at_a_time():
+    m = spread(model(seed=3))
+    patcher = EntropyPatcher(None, PatchConfig(method="space", min_patch_size=1, max_patch_size=16))
+    prompts = [b"Hello, world. The", b"", b"def f(x):"]
+    outs = m.generate(prompts, 40, patcher=patcher, temperature=0)
+    assert outs == [m.generate(p, 40, patcher=patcher, temperature=0) for p in prompts]
+    assert len(set(outs)) == 3
+    sampled = m.generate(prompts, 20, patcher=patcher, seed=7)
+    assert sampled == [m.generate(p, 20, patcher=patcher, seed=7 + i) for i, p in enumerate(prompts)]
+
+
 def test_generate_needs_a_patcher_and_uses_self_patcher():
     m = model()
     with pytest.raises(ValueError, match="pass patcher="):
@@ -322,3 +333,30 @@ def test_checkpoint_roundtrip(tmp_path):
         other.load_state_dict(torch.load(path, weights_only=True))
     with pytest.raises(CheckpointError, match="expected a 'entropy_llm' model"):
         load_model(path, "entropy_llm")
+
+
+def test_sparse_cross_attentions_equal_the_dense_masked_reference(monkeypatch):
+    """The encoder's gathered per-patch attention and the decoder's key blocks against a plain reading:
+    each patch's K queries attend over its own bytes one patch at a time, and one decoder block for all."""
+    import blt_model
+
+    m = spread(model(seed=5))
+    idx = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    L = torch.tensor([[3, 1, 7, 5, 2, 9, 4, 6, 3, 0], [10, 10, 10, 2, 2, 0, 0, 0, 0, 0]])  # row 1: 6 padding
+    enc, K = m.encoder, m.config.cross_attn_k
+    h = enc.byte_states(enc.embed(idx))  # (B, T, C)
+    ref = torch.zeros(2, L.size(1), K * h.size(-1))
+    for b in range(2):
+        s = 0
+        for j, n in enumerate(L[b].tolist()):
+            if n:
+                q = enc.pool_proj(h[b, s:s + n].amax(0)).view(1, K, -1)  # (1, K, C)
+                ref[b, j] = (q + enc.cross(q, h[b:b + 1, s:s + n])).flatten()
+            s += n
+    torch.testing.assert_close(enc.patch_states(h, L), ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(blt_model, "DECODER_BLOCK", 8)  # five blocks, each reading fewer keys
+    logits, _ = m(idx, L)
+    monkeypatch.setattr(blt_model, "DECODER_BLOCK", 10_000)  # one block: every key, masked densely
+    dense, _ = m(idx, L)
+    torch.testing.assert_close(logits[0], dense[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[1, :34], dense[1, :34], rtol=1e-5, atol=1e-5)

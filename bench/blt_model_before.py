@@ -1,0 +1,659 @@
+"""The Byte Latent Transformer (Pagnoni et al. 2024, "Byte Latent Transformer: Patches Scale Better
+Than Tokens"): a light local encoder turns bytes into patches, a heavy global transformer runs over the
+patches, a light local decoder turns patch states back into next-byte predictions.
+
+    from blt_model import BLTConfig, BLTModel, flops_per_byte
+    model = BLTModel(BLTConfig())                          # CPU-sized; BLTConfig.from_preset("paper-8b-ish")
+    logits, loss = model(idx, patch_lengths, targets=idx)  # logits[:, t] predicts idx[:, t] from idx[:, :t]
+    new = model.generate(b"The ", 100, patcher=entropy_patcher, temperature=0)
+
+No training loop here (train_blt.py has it).
+
+Alignment (DESIGN.md, "BLT alignment"), a worked example with 8 bytes and patch_lengths [2, 3, 3]:
+
+    position t           0     1     2     3     4     5     6     7
+    byte                 H     i     _     t     h     e     r     e      (_ is a space)
+    patch id             0     0     1     1     1     2     2     2
+    decoder input        s     e0    e1    e2    e3    e4    e5    e6     (e_k: encoder state of byte k)
+    global outputs read  S     S     S,G0  S,G0  S,G0  S,G0, S,G0, S,G0,
+                                                       G1    G1    G1
+
+    encoder pools  patch 0 = bytes 0-1, patch 1 = bytes 2-4, patch 2 = bytes 5-7 (each sees only its bytes)
+    global         G0 = f(patch 0), G1 = f(patches 0-1), G2 = f(patches 0-2)        (causal over patches)
+    s, S           learned start vectors: the decoder input at byte 0, and the "patch -1" output
+
+So the logit at position t (the prediction of byte t) depends on bytes < t only: the encoder states it
+reads end at byte t-1, and every global output it reads summarises patches that ended before t. The last
+patch's G2 is read by no byte of this row: it would feed the patch after. Bytes past sum(patch_lengths)
+are padding: they belong to no patch (patch id P) and their logits are finite but meaningless.
+
+Letters in shape comments: B batch, T bytes, P patches, K cross_attn_k (queries per patch),
+C local width (encoder or decoder), D global width, H heads, Dh head dim, S keys, V = 256 byte classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import (
+    Attention,
+    Block,
+    CarriesConfig,
+    KVCache,
+    RMSNorm,
+    Rotary,
+    apply_rotary,
+    block_flops_per_token,
+    causal_context,
+    config_from_dict,
+    count_params,
+    init_weights,
+    mlp_hidden,
+    run_blocks,
+    scale_residual_init,
+)
+
+V = 256  # byte classes
+
+# Rolling polynomial hash of byte n-grams: sum_j b_j * BASE^(n-1-j) mod HASH_MOD, then mod the table size.
+# Bytes before the start of a row read as HASH_PAD (not a byte value), so an n-gram that runs off the
+# start never collides on purpose with one made of real bytes. Every term stays below 2^40: no overflow.
+HASH_BASE = 1_000_003
+HASH_MOD = 2**31 - 1  # Mersenne prime
+HASH_PAD = 256
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class BLTConfig:
+    # local encoder (bytes -> patches)
+    encoder_layers: int = 1  # byte-level transformer blocks before pooling
+    encoder_dim: int = 128  # encoder width C
+    encoder_heads: int = 4  # attention heads of the encoder (and of its patch cross-attention)
+    # global latent transformer (patches -> patches)
+    global_layers: int = 3  # patch-level transformer blocks: most of the compute per patch
+    global_dim: int = 256  # global width D
+    global_heads: int = 4  # attention heads of the global transformer
+    # local decoder (patches -> bytes)
+    decoder_layers: int = 2  # byte-level blocks, each preceded by cross-attention to the patches
+    decoder_dim: int = 128  # decoder width C
+    decoder_heads: int = 4  # attention heads of the decoder (and of its cross-attentions)
+    # byte embeddings
+    ngram_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # hashed n-grams ending at each byte (one table per n)
+    hash_table_size: int = 8192  # rows per n-gram table (hash values are taken modulo this)
+    # byte <-> patch interface
+    cross_attn_k: int = 2  # queries per patch in the encoder, keys per patch in the decoder (BLT's k)
+    local_window: int = 128  # bytes a local self-attention query sees (itself and window-1 before it)
+    max_seq_len: int = 1024  # bytes per training row; sizes the rotary tables and the FLOP count
+
+    # fields of version-1 checkpoints that moved to the patcher (its PatchConfig rides in the checkpoint
+    # metadata): dropped silently when an old config dict is loaded
+    retired_fields: ClassVar[tuple[str, ...]] = ("patching", "patch_size", "min_patch_size", "max_patch_size")
+
+    def __post_init__(self):
+        self.ngram_sizes = tuple(int(n) for n in self.ngram_sizes)
+        for name in ("encoder", "global", "decoder"):
+            dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
+            if dim < 1 or heads < 1 or dim % heads or (dim // heads) % 2:
+                raise ValueError(f"{name}_dim {dim} must split into {name}_heads {heads} heads of even size")
+        if min(self.encoder_layers, self.global_layers, self.decoder_layers) < 1:
+            raise ValueError("encoder_layers, global_layers and decoder_layers must be at least 1")
+        if any(n < 1 for n in self.ngram_sizes) or len(set(self.ngram_sizes)) != len(self.ngram_sizes):
+            raise ValueError(f"ngram_sizes must be distinct positive sizes, got {self.ngram_sizes}")
+        if self.ngram_sizes and self.hash_table_size < 1:
+            raise ValueError("hash_table_size must be positive")
+        if min(self.cross_attn_k, self.local_window, self.max_seq_len) < 1:
+            raise ValueError("cross_attn_k, local_window and max_seq_len must be positive")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> BLTConfig:
+        if name not in BLT_PRESETS:
+            raise ValueError(f"unknown BLT preset {name!r}; choose from {', '.join(BLT_PRESETS)}")
+        return config_from_dict(cls, BLT_PRESETS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BLTConfig:
+        """A config from a checkpoint's dict: retired_fields are dropped, any other unknown key fails."""
+        return config_from_dict(cls, {k: v for k, v in d.items() if k not in cls.retired_fields})
+
+
+# Named sizes. "cpu" is the default; the larger ones are for GPUs. "paper-8b-ish" is the seed README's
+# 1 x 768 / 24 x 4096 / 6 x 768 (the BLT paper's 8B model has a global width of 4096 and hash tables of
+# 500k rows per n).
+BLT_PRESETS = {
+    "tiny": dict(encoder_dim=32, encoder_heads=2, global_layers=1, global_dim=64, global_heads=2,
+                 decoder_layers=1, decoder_dim=32, decoder_heads=2, ngram_sizes=(3, 4), hash_table_size=64,
+                 local_window=16, max_seq_len=128),
+    "cpu": {},
+    "cpu-fast": dict(encoder_dim=96, decoder_dim=96, global_layers=2),  # ~2/3 of the FLOPs per byte of "cpu"
+    "small": dict(encoder_dim=256, global_layers=8, global_dim=512, global_heads=8, decoder_layers=4,
+                  decoder_dim=256, hash_table_size=2**16, local_window=256, max_seq_len=2048),
+    "medium": dict(encoder_dim=512, encoder_heads=8, global_layers=16, global_dim=1536, global_heads=12,
+                   decoder_layers=6, decoder_dim=512, decoder_heads=8, hash_table_size=2**17,
+                   local_window=512, max_seq_len=4096),
+    "large": dict(encoder_dim=768, encoder_heads=12, global_layers=24, global_dim=2048, global_heads=16,
+                  decoder_layers=6, decoder_dim=768, decoder_heads=12, hash_table_size=2**18,
+                  local_window=512, max_seq_len=8192),
+    "paper-8b-ish": dict(encoder_dim=768, encoder_heads=12, global_layers=24, global_dim=4096,
+                         global_heads=32, decoder_layers=6, decoder_dim=768, decoder_heads=12,
+                         hash_table_size=500_002, local_window=512, max_seq_len=8192),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Byte <-> patch bookkeeping (pure functions, vectorised)
+
+
+def ngram_hash_ids(idx: torch.Tensor, n: int, table_size: int) -> torch.Tensor:
+    """(B, T) bytes -> (B, T) rows of the n-gram table: the hash of bytes t-n+1..t (HASH_PAD before 0)."""
+    B, T = idx.shape
+    if T == 0:
+        return idx.new_zeros(B, 0, dtype=torch.long)
+    pad = idx.new_full((B, n - 1), HASH_PAD)
+    win = torch.cat([pad, idx.long()], dim=1).unfold(1, n, 1)  # (B, T, n): win[:, t] = bytes t-n+1..t
+    powers = torch.tensor([pow(HASH_BASE, n - 1 - j, HASH_MOD) for j in range(n)], device=idx.device)
+    return (win * powers).sum(-1) % HASH_MOD % table_size  # (B, T)
+
+
+def last_ngram_hash_ids(history: bytes, sizes: tuple[int, ...], table_size: int) -> list[int]:
+    """ngram_hash_ids at the last position of `history` only, in plain Python (one generation step)."""
+    out = []
+    for n in sizes:
+        h = 0
+        for b in [HASH_PAD] * (n - len(history)) + list(history[-n:]):  # Horner: sum b_j * BASE^(n-1-j)
+            h = (h * HASH_BASE + b) % HASH_MOD
+        out.append(h % table_size)
+    return out
+
+
+def patch_ids_from_lengths(patch_lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, P) lengths -> (B, T) index of the patch holding each byte; bytes past the lengths get P."""
+    ends = patch_lengths.long().cumsum(dim=1)  # (B, P): end (exclusive) of each patch
+    pos = torch.arange(T, device=patch_lengths.device).expand(patch_lengths.size(0), T).contiguous()
+    return torch.searchsorted(ends, pos, right=True)  # (B, T): number of patches ending at or before t
+
+
+def check_patch_lengths(idx: torch.Tensor, patch_lengths: torch.Tensor):
+    """Readable errors for lengths that cannot describe these bytes."""
+    if patch_lengths.dim() != 2 or patch_lengths.size(0) != idx.size(0):
+        raise ValueError(f"patch_lengths must be (B, P) with B = {idx.size(0)}, "
+                         f"got {tuple(patch_lengths.shape)}")
+    if patch_lengths.numel() and bool((patch_lengths < 0).any()):
+        raise ValueError("patch_lengths must be non-negative")
+    if patch_lengths.numel() and int(patch_lengths.sum(1).max()) > idx.size(1):
+        covered = int(patch_lengths.sum(1).max())
+        raise ValueError(f"patch_lengths cover {covered} bytes but rows hold {idx.size(1)}")
+
+
+def window_mask(q_pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
+    """(t,) absolute query positions, S keys at 0..S-1 -> (t, S) bool: causal, the last `window` keys."""
+    k = torch.arange(S, device=q_pos.device)
+    d = q_pos.view(-1, 1) - k.view(1, -1)  # (t, S): how far back each key is
+    return (d >= 0) & (d < window)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Modules
+
+
+class WindowAttention(Attention):
+    """Causal self-attention over a sliding window: query t sees keys t-window+1..t.
+
+    Long sequences are cut into blocks of `window` queries that attend to their own block and the one
+    before it, so the cost grows as T x 2*window instead of T x T. With a KVCache (generation) or a short
+    sequence it is the parent's attention with an explicit window mask; both give the same result.
+    """
+
+    def __init__(self, dim: int, n_heads: int, window: int):
+        super().__init__(dim, n_heads)
+        self.window = window
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        assert mask is None, "the window is the mask"
+        B, T, C = x.shape
+        W = self.window
+        if T + (cache.len if cache is not None else 0) <= W:
+            return super().forward(x, cos, sin, cache=cache)  # plain causal: nobody is more than W back
+        if cache is not None or T <= 2 * W:
+            pos0 = cache.len if cache is not None else 0
+            pos = torch.arange(pos0, pos0 + T, device=x.device)
+            return super().forward(x, cos, sin, mask=window_mask(pos, pos0 + T, W), cache=cache)
+        H, Dh = self.n_heads, self.head_dim
+        n = -(-T // W)  # blocks
+        q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = F.pad(q, (0, 0, 0, n * W - T)).view(B, H * n, W, Dh)  # block i of head h at h*n + i
+        k, v = (F.pad(a, (0, 0, W, n * W - T)) for a in (k, v))  # (B, H, (n+1)*W, Dh): one block in front
+        # keys of block i: block i-1 then block i (2W keys)
+        k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)
+                .view(B, H * n, 2 * W, Dh) for a in (k, v))
+        # key c of block i sits at i*W - W + c, query r at i*W + r:
+        # visible iff 0 <= r + W - c < W and key >= 0
+        r = torch.arange(W, device=x.device).view(W, 1)
+        c = torch.arange(2 * W, device=x.device).view(1, 2 * W)
+        blk = torch.arange(n, device=x.device).view(n, 1, 1)
+        # 4-D, (1, H*n, W, 2W): CPU sdpa drops to its slow math path for a 3-D mask
+        mask = ((r + W - c >= 0) & (r + W - c < W) & (blk * W - W + c >= 0)).repeat(H, 1, 1).unsqueeze(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H*n, W, Dh)
+        y = y.reshape(B, H, n * W, Dh)[:, :, :T].transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)  # (B, T, C)
+
+
+class LocalBlock(Block):
+    """A common.Block whose self-attention is windowed (same parameters, same names)."""
+
+    def __init__(self, dim: int, n_heads: int, window: int):
+        super().__init__(dim, n_heads)
+        self.attn = WindowAttention(dim, n_heads, window)
+
+
+class CrossAttention(nn.Module):
+    """Queries from one sequence attend to keys/values of another: no positions, a bool mask (True = may
+    attend) broadcastable to (B, H, Tq, S). Pre-norm on both sides; returns the update, not the residual."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.q_norm = RMSNorm(dim)
+        self.kv_norm = RMSNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def project_kv(self, src):
+        """(B, S, C) -> k, v (B, H, S, Dh); separate so generation can cache them."""
+        B, S, _ = src.shape
+        k, v = self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, src=None, mask=None, kv=None):
+        B, T, C = x.shape
+        k, v = kv if kv is not None else self.project_kv(src)  # (B, H, S, Dh)
+        q = self.q(self.q_norm(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class LocalEncoder(nn.Module):
+    """Bytes -> byte states (windowed causal self-attention) and patch states (pool + cross-attention).
+
+    Patch queries start as the max over the patch's byte states, projected to K queries of width C, and are
+    refined by one cross-attention in which a patch's queries see only that patch's bytes. A patch's K
+    outputs, concatenated, are its (B, P, K*C) representation for the global transformer.
+    """
+
+    def __init__(self, config: BLTConfig):
+        super().__init__()
+        C, self.K = config.encoder_dim, config.cross_attn_k
+        self.ngram_sizes, self.table_size = config.ngram_sizes, config.hash_table_size
+        self.byte_emb = nn.Embedding(V, C)
+        self.hash_emb = nn.ModuleList(nn.Embedding(config.hash_table_size, C) for _ in config.ngram_sizes)
+        self.rotary = Rotary(C // config.encoder_heads, config.max_seq_len)
+        self.blocks = nn.ModuleList(LocalBlock(C, config.encoder_heads, config.local_window)
+                                    for _ in range(config.encoder_layers))
+        self.pool_proj = nn.Linear(C, self.K * C, bias=False)
+        self.cross = CrossAttention(C, config.encoder_heads)
+
+    def embed(self, idx, hash_ids=None):
+        """(B, T) bytes -> (B, T, C): byte embedding plus one hashed n-gram embedding per n."""
+        x = self.byte_emb(idx)  # (B, T, C)
+        for i, (n, table) in enumerate(zip(self.ngram_sizes, self.hash_emb)):
+            ids = hash_ids[i] if hash_ids is not None else ngram_hash_ids(idx, n, self.table_size)
+            x = x + table(ids)
+        return x
+
+    def byte_states(self, x, caches: list[KVCache] | None = None):
+        """(B, t, C) embeddings -> (B, t, C) byte states; with caches, the t bytes follow the cached ones."""
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
+        return run_blocks(self.blocks, x, cos, sin, caches=caches)
+
+    def patch_states(self, h, patch_ids, patch_lengths):
+        """(B, T, C) byte states, (B, T) patch ids, (B, P) lengths -> (B, P, K*C); empty patches give 0."""
+        B, T, C = h.shape
+        P, K = patch_lengths.size(1), self.K
+        # max-pool each patch's bytes; padding bytes go to the extra slot P, which is dropped
+        pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
+            1, patch_ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False
+        )[:, :P]  # (B, P, C)
+        q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
+        q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
+        mask = q_patch.view(1, -1, 1) == patch_ids.unsqueeze(1)  # (B, P*K, T): queries see their own bytes
+        empty = (patch_lengths == 0).repeat_interleave(K, dim=1)  # (B, P*K)
+        mask[..., 0] |= empty  # an empty patch's row may not be all False (NaN); its output is zeroed below
+        y = q + self.cross(q, h, mask=mask.unsqueeze(1))  # (B, P*K, C)
+        y = y.masked_fill(empty.unsqueeze(-1), 0.0)
+        return y.view(B, P, K * C)  # (B, P, K*C)
+
+
+class GlobalTransformer(nn.Module):
+    """Causal transformer over patches: (B, P, K*C_enc) patch states -> (B, P, D) normed outputs."""
+
+    def __init__(self, config: BLTConfig):
+        super().__init__()
+        D = config.global_dim
+        self.in_proj = nn.Linear(config.cross_attn_k * config.encoder_dim, D, bias=False)
+        self.rotary = Rotary(D // config.global_heads, config.max_seq_len)
+        self.blocks = nn.ModuleList(Block(D, config.global_heads) for _ in range(config.global_layers))
+        self.norm = RMSNorm(D)
+
+    def forward(self, p, caches: list[KVCache] | None = None):
+        x = self.in_proj(p)  # (B, P, D)
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
+        return self.norm(run_blocks(self.blocks, x, cos, sin, caches=caches))  # (B, P, D)
+
+
+class LocalDecoder(nn.Module):
+    """Encoder byte states (shifted right by one) + global outputs of earlier patches -> next-byte logits.
+
+    Every layer is a cross-attention from bytes to patch keys followed by a windowed causal Block. The keys
+    are the global outputs, each projected to K keys of width C, behind K keys made from a learned start
+    vector ("patch -1"), so a byte of patch j reads the start and patches 0..j-1 and no row is ever empty.
+    """
+
+    def __init__(self, config: BLTConfig):
+        super().__init__()
+        C, self.K = config.decoder_dim, config.cross_attn_k
+        self.start = nn.Parameter(torch.zeros(C))  # decoder input at byte 0 (no byte before it)
+        self.global_start = nn.Parameter(torch.zeros(config.global_dim))  # what patch 0's bytes read
+        self.in_norm = RMSNorm(config.encoder_dim)
+        self.in_proj = nn.Linear(config.encoder_dim, C, bias=False)
+        self.patch_proj = nn.Linear(config.global_dim, self.K * C, bias=False)
+        self.rotary = Rotary(C // config.decoder_heads, config.max_seq_len)
+        self.cross = nn.ModuleList(CrossAttention(C, config.decoder_heads)
+                                   for _ in range(config.decoder_layers))
+        self.blocks = nn.ModuleList(LocalBlock(C, config.decoder_heads, config.local_window)
+                                    for _ in range(config.decoder_layers))
+        self.norm = RMSNorm(C)
+        self.head = nn.Linear(C, V, bias=False)
+
+    def inputs(self, h, first: bool = True):
+        """(B, t, C_enc) encoder states of bytes i-1 -> (B, t(+1), C) inputs; `first` prepends the start."""
+        x = self.in_proj(self.in_norm(h))  # (B, t, C)
+        if first:
+            start = self.start.view(1, 1, -1).expand(h.size(0), 1, -1).to(x.dtype)
+            x = torch.cat([start, x], dim=1)
+        return x
+
+    def patch_keys(self, g):
+        """(B, n, D) global outputs -> (B, n*K, C) cross-attention sources, K per patch."""
+        B, n, _ = g.shape
+        return self.patch_proj(g).view(B, n * self.K, self.patch_proj.out_features // self.K)
+
+    def start_keys(self, B: int):
+        return self.patch_keys(self.global_start.view(1, 1, -1).expand(B, 1, -1))  # (B, K, C)
+
+    def forward(self, x, kv_src=None, cross_mask=None, caches: list[KVCache] | None = None, cross_kv=None):
+        """(B, t, C) inputs -> (B, t, V) logits. Keys come from kv_src (B, S, C) or from cached cross_kv."""
+        cos, sin = self.rotary(caches[0].len if caches else 0, x.size(1))
+        for i, (cross, block) in enumerate(zip(self.cross, self.blocks)):
+            x = x + cross(x, kv_src, mask=cross_mask, kv=cross_kv[i] if cross_kv else None)
+            x = block(x, cos, sin, cache=caches[i] if caches else None)
+        return self.head(self.norm(x))  # (B, t, V)
+
+
+class BLTModel(CarriesConfig, nn.Module):
+    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V),
+    loss).
+
+    patch_lengths are right-padded with zeros; a row's lengths sum to its number of real bytes (bytes past
+    that are padding: give them target -100). logits[:, t] predicts byte t from bytes < t (see the module
+    docstring for the alignment).
+    """
+
+    kind = "blt"
+    config_class = BLTConfig
+    arch_fields = ("encoder_layers", "encoder_dim", "encoder_heads", "global_layers", "global_dim",
+                   "global_heads", "decoder_layers", "decoder_dim", "decoder_heads", "ngram_sizes",
+                   "hash_table_size", "cross_attn_k", "local_window")
+
+    def __init__(self, config: BLTConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = LocalEncoder(config)
+        self.global_model = GlobalTransformer(config)
+        self.decoder = LocalDecoder(config)
+        init_weights(self)
+        for stack, n in ((self.encoder, config.encoder_layers), (self.global_model, config.global_layers),
+                         (self.decoder, config.decoder_layers)):
+            scale_residual_init(stack.blocks, n)
+        nn.init.normal_(self.decoder.start, std=0.02)
+        nn.init.normal_(self.decoder.global_start, std=0.02)
+        self.patcher = None  # what generate() patches with by default (the checkpoint loader sets it)
+
+    def forward(self, idx, patch_lengths, targets=None):
+        check_patch_lengths(idx, patch_lengths)
+        B, T = idx.shape
+        if T == 0:  # nothing to predict (and no byte for a patch query to attend to)
+            logits = self.decoder.head.weight.new_zeros(B, 0, V)
+            loss = None if targets is None else F.cross_entropy(logits.view(0, V), targets.reshape(-1))
+            return logits, loss
+        P = patch_lengths.size(1)
+        patch_ids = patch_ids_from_lengths(patch_lengths, T)  # (B, T)
+        h = self.encoder.byte_states(self.encoder.embed(idx))  # (B, T, C)
+        p = self.encoder.patch_states(h, patch_ids, patch_lengths)  # (B, P, K*C)
+        g = self.global_model(p)  # (B, P, D)
+        keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
+        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j'
+        # iff e <= j'
+        key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
+        cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
+        x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
+        logits = self.decoder(x, keys, cross_mask=cross_mask.unsqueeze(1))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def num_params(self, include_hash: bool = True) -> int:
+        return count_params(self, exclude=() if include_hash else ("hash_emb",))
+
+    def flops_per_byte(self, mean_patch_size: float, seq_len: int | None = None) -> float:
+        return flops_per_byte(self.config, mean_patch_size, seq_len)
+
+    # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
+
+    @torch.inference_mode()
+    def generate(self, prompt: bytes, max_new_bytes: int, patcher=None, temperature: float = 1.0,
+                 top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
+        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes.
+
+        `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
+        is known, whether it starts a patch, by the causal rule used for training; None means
+        self.patcher (set by the checkpoint loader to the patching the model was trained with).
+        use_cache=True keeps KV caches for the encoder, the global transformer and the decoder (and the
+        stream its own for the entropy model) and steps the global model once per closed patch;
+        use_cache=False reruns a fresh stream and the whole BLT on the growing sequence. temperature=0 is
+        greedy; both paths then give the same bytes.
+        """
+        if max_new_bytes < 0:
+            raise ValueError("max_new_bytes must be non-negative")
+        if temperature < 0:
+            raise ValueError("temperature must be non-negative")
+        if isinstance(prompt, str):
+            raise TypeError("prompt must be bytes (encode text first, e.g. text.encode('utf-8'))")
+        patcher = patcher if patcher is not None else self.patcher
+        if patcher is None:
+            raise ValueError("generate() needs the patching the model was trained with: pass patcher=... (an "
+                             "EntropyPatcher), or load the model with its checkpoint's patcher")
+        prompt = bytes(prompt)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self._device())
+            gen.manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            if not use_cache:
+                return self._generate_uncached(prompt, max_new_bytes, patcher, temperature, top_k, gen)
+            out = bytearray()
+            state = self.prefill(prompt, patcher.stream(), max_new_bytes)
+            for i in range(max_new_bytes):
+                out.append(sample(state.logits, temperature, top_k, gen))
+                if i + 1 < max_new_bytes:
+                    self.decode_one(state, out[-1])
+            return bytes(out)
+        finally:
+            self.train(was_training)
+
+    def _device(self):
+        return self.decoder.head.weight.device
+
+    def _generate_uncached(self, prompt: bytes, n_new: int, patcher, temperature, top_k, gen) -> bytes:
+        """No caches: patch starts (a fresh stream) and the whole model recomputed for every new byte."""
+        seq, dev = bytearray(prompt), self._device()
+        for _ in range(n_new):
+            probe = bytes(seq) + b"\0"  # the byte being predicted is unknown; nothing reads it (causal)
+            starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
+            lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
+            logits, _ = self(torch.tensor([list(probe)], device=dev), lengths)  # (1, T, V)
+            seq.append(sample(logits[0, -1], temperature, top_k, gen))
+        return bytes(seq[len(prompt):])
+
+    def prefill(self, prompt: bytes, stream, max_new_bytes: int = 0) -> GenerationState:
+        """Run the prompt through every stack with fresh caches; state.logits predicts the byte after it.
+
+        stream: the patcher's stream (prefill / next_starts_patch / push) for this sequence. The encoder
+        runs over the prompt, the global model over the prompt's closed patches, the decoder over
+        positions 0..n (its input n reads byte n-1), each position seeing the start and the closed patches
+        before its own.
+        """
+        cfg, dev, dt = self.config, self._device(), self.decoder.head.weight.dtype
+        enc, dec, n, K = self.encoder, self.decoder, len(prompt), cfg.cross_attn_k
+        cap = n + max_new_bytes + 1
+
+        def caches(layers, heads, dim, length):
+            return [KVCache(1, heads, dim // heads, length, dev, dt) for _ in range(layers)]
+
+        state = GenerationState(
+            stream=stream, seq=bytearray(prompt), patch_start=0,
+            h=torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt),
+            enc_caches=caches(cfg.encoder_layers, cfg.encoder_heads, cfg.encoder_dim, cap),
+            global_caches=caches(cfg.global_layers, cfg.global_heads, cfg.global_dim, cap),
+            dec_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cap),
+            cross_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, K * (cap + 1)),
+            cross_kv=[], logits=None)
+        self._add_patch_keys(state, dec.start_keys(1))
+        starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
+        if n:
+            x = enc.embed(torch.tensor([list(prompt)], device=dev))  # (1, n, C)
+            state.h[:, :n] = enc.byte_states(x, state.enc_caches)
+        cut = [i for i in range(n + 1) if starts[i]]  # positions that start a patch
+        closed = [b - a for a, b in zip(cut, cut[1:])]
+        if closed:
+            self._close_patches(state, closed)
+        state.patch_start = cut[-1]  # the open patch (position n when n starts one)
+        # decoder over positions 0..n: position i sees the start and the patches before its own
+        ids = torch.tensor(starts, device=dev).long().cumsum(0) - 1  # (n+1,) patch id of each position
+        key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(K)  # (S,)
+        mask = key_patch.view(1, -1) <= ids.view(-1, 1)  # (n+1, S)
+        x = dec.inputs(state.h[:, :n])  # (1, n+1, C)
+        logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=state.cross_kv)  # (1, n+1, V)
+        state.logits = logits[0, -1]  # (V,)
+        return state
+
+    def decode_one(self, state: GenerationState, byte: int):
+        """Feed the byte just sampled at position i; state.logits then predicts byte i+1."""
+        cfg, dev, enc, dec = self.config, self._device(), self.encoder, self.decoder
+        i = len(state.seq)
+        state.seq.append(byte)
+        state.stream.push(byte)
+        hash_ids = last_ngram_hash_ids(state.seq, cfg.ngram_sizes, cfg.hash_table_size)
+        hash_ids = torch.tensor(hash_ids, device=dev)  # (n_sizes,)
+        x = enc.embed(torch.tensor([[byte]], device=dev), hash_ids.view(-1, 1, 1))  # (1, 1, C)
+        state.h[:, i:i + 1] = enc.byte_states(x, state.enc_caches)
+        if state.stream.next_starts_patch():  # byte i+1 opens a patch: close [patch_start, i+1)
+            self._close_patches(state, [i + 1 - state.patch_start])
+            state.patch_start = i + 1
+        x = dec.inputs(state.h[:, i:i + 1], first=False)  # (1, 1, C): position i+1 reads byte i
+        state.logits = dec(x, caches=state.dec_caches, cross_kv=state.cross_kv)[0, -1]  # (V,)
+
+    def _close_patches(self, state: GenerationState, lengths: list[int]):
+        """Bytes patch_start.. in patches of these lengths: pool, step the global model, add their keys."""
+        L = torch.tensor([lengths], device=self._device())  # (1, m)
+        h = state.h[:, state.patch_start:state.patch_start + sum(lengths)]  # (1, t, C)
+        p = self.encoder.patch_states(h, patch_ids_from_lengths(L, h.size(1)), L)  # (1, m, K*C)
+        g = self.global_model(p, caches=state.global_caches)  # (1, m, D)
+        self._add_patch_keys(state, self.decoder.patch_keys(g))
+
+    def _add_patch_keys(self, state: GenerationState, src):
+        """(1, m*K, C) keys of m patches -> appended to every decoder layer's cross-attention cache."""
+        pairs = zip(state.cross_caches, self.decoder.cross)
+        state.cross_kv = [cache.append(*cross.project_kv(src)) for cache, cross in pairs]
+
+
+@dataclass
+class GenerationState:
+    """What decode_one carries from byte to byte (batch 1; N bytes so far, P closed patches)."""
+
+    stream: object  # the patcher's stream: patch starts, with its own entropy-model cache
+    seq: bytearray  # (N,) every byte so far, prompt included
+    patch_start: int  # first byte of the open patch
+    h: torch.Tensor  # (1, capacity, C_enc) encoder states of bytes 0..N-1 (the rest unwritten)
+    enc_caches: list[KVCache]  # per encoder layer: keys/values (1, H, N, Dh)
+    global_caches: list[KVCache]  # per global layer: keys/values (1, H, P, Dh)
+    dec_caches: list[KVCache]  # per decoder layer: keys/values (1, H, N+1, Dh)
+    cross_caches: list[KVCache]  # per decoder layer: patch keys/values (1, H, (P+1)*K, Dh)
+    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # the filled part of cross_caches, (1, H, (P+1)*K, Dh)
+    logits: torch.Tensor | None  # (V,) the prediction of byte N
+
+
+def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> int:
+    """One byte from (V,) logits: argmax at temperature 0, else softmax(logits / T) over the top_k."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=gen))
+
+
+# ----------------------------------------------------------------------------------------------------
+# FLOP accounting (DESIGN.md, "FLOPs")
+
+
+def flops_breakdown(config: BLTConfig, mean_patch_size: float,
+                    seq_len: int | None = None) -> dict[str, float]:
+    """Forward FLOPs per byte by part: matmuls and attention (2 FLOPs per multiply-add).
+
+    Local blocks see a windowed causal context of bytes; the global transformer runs once per patch, so its
+    cost (and every other per-patch cost) is divided by the mean patch size. Attention is counted over the
+    keys a query may see, not the masked dense product the implementation computes. Embedding and hash
+    lookups and the max-pool are free.
+    """
+    T = seq_len or config.max_seq_len
+    ps = float(mean_patch_size)
+    if ps < 1:
+        raise ValueError(f"mean_patch_size must be at least 1, got {mean_patch_size}")
+    P = T / ps  # patches per row
+    K, Ce, D, Cd = config.cross_attn_k, config.encoder_dim, config.global_dim, config.decoder_dim
+    local_ctx = causal_context(T, config.local_window)
+    # a byte of patch j reads the start and patches 0..j-1: j+1 patch slots, K keys each
+    dec_keys = K * causal_context(P)
+    return {
+        "encoder_blocks": config.encoder_layers * block_flops_per_token(Ce, mlp_hidden(Ce), local_ctx),
+        # per patch: pool projection C -> K*C, K queries (q and out projections, attention over the patch's
+        # bytes); per byte: its key and value
+        "encoder_cross": (2 * Ce * K * Ce + K * (2 * Ce * Ce + 2 * Ce * Ce) + K * ps * 4 * Ce) / ps
+                         + 2 * Ce * 2 * Ce,
+        "global_blocks": (2 * K * Ce * D + config.global_layers
+                          * block_flops_per_token(D, mlp_hidden(D), causal_context(P))) / ps,
+        # per patch: the projection to K keys and each layer's keys and values of those; per byte: the
+        # input projection, and per layer the q and out projections and attention over dec_keys keys
+        "decoder_cross": (2 * D * K * Cd + config.decoder_layers * K * 2 * Cd * 2 * Cd) / ps + 2 * Ce * Cd
+                         + config.decoder_layers * (2 * Cd * Cd + 2 * Cd * Cd + 4 * Cd * dec_keys),
+        "decoder_blocks": config.decoder_layers * block_flops_per_token(Cd, mlp_hidden(Cd), local_ctx),
+        "head": 2 * Cd * V,
+    }
+
+
+def flops_per_byte(config: BLTConfig, mean_patch_size: float, seq_len: int | None = None) -> float:
+    """Forward FLOPs per byte at this mean patch size and row length (default max_seq_len)."""
+    return float(sum(flops_breakdown(config, mean_patch_size, seq_len).values()))
