@@ -77,6 +77,8 @@ class EntropyConfig(TrainFields):
     vocab_size: int = 256  # byte values 0..255; fixed
     sliding_window: bool = True  # False: full attention in fixed windows of W (checkpoints from before)
     row_len: int = 0  # bytes per training row with the sliding window (0 = 4 x max_seq_len)
+    # training rows are 4 windows long, so 8 rows a step train on the bytes 32 windows of W did before
+    batch_size: int = 8  # rows of train_row_len bytes per optimizer step (global, over all processes)
 
     def __post_init__(self):
         if self.vocab_size != 256:

@@ -320,20 +320,23 @@ def load_template_model(path: str, device="cpu"):
 # Scoring
 
 
-def nats_and_bytes(model, ids: list[np.ndarray], docs: list[bytes], batch_size: int = 32
-                   ) -> tuple[float, int, int]:
-    """(total nats, bytes, tokens) of documents already encoded as `ids`, each scored from its own start."""
+def document_nats(model, ids: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Each document's total nats (its tokens' -log p summed), documents already encoded as `ids`, each
+    scored from its own start in windows of max_seq_len ids overlapping by half (entropy_windows)."""
     _, nll = score_sequences(model, ids, batch_size, want_nll=True, unit="tok")
-    return float(sum(a.sum() for a in nll)), sum(len(d) for d in docs), sum(len(a) for a in ids)
+    return np.array([a.sum() for a in nll], dtype=np.float64)
 
 
-def evaluate_bpb(model, tokenizer, docs: list[bytes], batch_size: int = 32) -> tuple[float, int, int]:
+def evaluate_bpb(model, tokenizer, docs: list[bytes], batch_size: int = 32, per_document: bool = False):
     """(bits per byte, bytes, tokens) over every byte of `docs`: each document encoded whole, its token
-    nats summed and divided by ln 2 x its number of bytes (the bytes those tokens cover)."""
-    nats, n_bytes, n_tokens = nats_and_bytes(model, encode_all(tokenizer, docs), docs, batch_size)
+    nats summed and divided by ln 2 x its number of bytes (the bytes those tokens cover). per_document=True
+    adds each document's nats and bytes (two arrays in the order of `docs`)."""
+    ids = encode_all(tokenizer, docs)
+    nats, n_bytes = document_nats(model, ids, batch_size), sum(len(d) for d in docs)
     if n_bytes == 0:
         raise ValueError("no bytes to evaluate")
-    return nats / (math.log(2) * n_bytes), n_bytes, n_tokens
+    out = (float(nats.sum()) / (math.log(2) * n_bytes), n_bytes, sum(len(a) for a in ids))
+    return (*out, nats, np.array([len(d) for d in docs], dtype=np.int64)) if per_document else out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -366,11 +369,12 @@ def shared_tokenizer(config, train_docs, out, dist, resume: str | None, tokenize
 
 def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
                    device_name: str | None = None, resume: str | None = None, compile: bool = False,
-                   tokenizer=None) -> dict:
+                   tokenizer=None, per_document: bool = False) -> dict:
     """Train TemplateLLM on train_docs, score held-out BPB on val_docs, save to `out`; returns the report.
 
     With tokenizer 'bpe' the BPE is learned from train_docs (or `tokenizer` is used, or on resume the
-    one of `resume`) and saved to tokenizer_path(out), which the checkpoint's meta names.
+    one of `resume`) and saved to tokenizer_path(out), which the checkpoint's meta names. per_document=True
+    adds doc_nats and doc_bytes of the final evaluation (every held-out document, in order).
     """
     dist, device = setup_distributed(device_name)
     try:
@@ -391,9 +395,15 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         tokens_per_byte = train_tokens / train_bytes if train_bytes else 1.0
         windows = ByteWindows(train_ids, config.max_seq_len, seed=config.seed)
 
+        per_doc = {}  # the final evaluation's per-document figures (with per_document)
+
         def evaluate(step):  # intermediate evaluations score a prefix of the held-out documents
             k = len(val_docs) if step == config.max_steps else len(cap_bytes(val_docs, config.eval_max_bytes))
-            nats, n_bytes, n_tokens = nats_and_bytes(model, val_ids[:k], val_docs[:k])
+            doc_nats = document_nats(model, val_ids[:k])
+            nats, n_bytes = float(doc_nats.sum()), sum(map(len, val_docs[:k]))
+            n_tokens = sum(map(len, val_ids[:k]))
+            if per_document and step == config.max_steps:
+                per_doc.update(doc_nats=doc_nats, doc_bytes=np.array([len(d) for d in val_docs], np.int64))
             return {"val_bpb": nats / (math.log(2) * n_bytes), "val_bytes": n_bytes, "val_tokens": n_tokens}
 
         meta.update(train_bytes=train_bytes, train_tokens=train_tokens, tokens_per_byte=tokens_per_byte)
@@ -415,7 +425,7 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                 "bytes_per_s": result["bytes_per_s"], "checkpoint": out, "tokenizer": config.tokenizer,
                 "tokenizer_file": tok_path, "tokens_per_byte": tokens_per_byte, "train_bytes": train_bytes,
                 "train_tokens": train_tokens, "train_loss": result["loss"], "steps": config.max_steps,
-                "evals": result["evals"], "config": dataclasses.asdict(config),
+                "evals": result["evals"], "config": dataclasses.asdict(config), **per_doc,
                 "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()

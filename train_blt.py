@@ -47,7 +47,6 @@ from common import (
     TrainFields,
     add_config_args,
     add_run_args,
-    autocast,
     check_output,
     check_run_args,
     check_split,
@@ -289,13 +288,17 @@ def eval_windows(docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int)
 
 @torch.inference_mode()
 def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int,
-             batch_size: int = 8, device=None) -> tuple[float, int]:
-    """(bits per byte, bytes) over every byte of `docs`, patched by `lengths`."""
+             batch_size: int = 8, device=None, per_document: bool = False):
+    """(bits per byte, bytes) over every byte of `docs`, patched by `lengths`; per_document=True adds each
+    document's nats and bytes (two arrays in the order of `docs`: the study's bootstrap over documents).
+
+    In fp32 on every device, as the baselines are scored (template_llm.evaluate_bpb), so that a comparison
+    never mixes precisions."""
     model.eval()
     device = device or next(model.parameters()).device
     jobs = eval_windows(docs, lengths, max_seq_len)
     starts = [patch_starts(n) for n in lengths]
-    total_nll, total_bytes = 0.0, 0
+    doc_nats, doc_bytes = np.zeros(len(docs)), np.array([len(d) for d in docs], dtype=np.int64)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
         rows = [window_lengths(starts[i], s, e) for i, s, _, e in chunk]
@@ -305,15 +308,15 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
             x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
             pl[r, : len(n)] = n
         xt = torch.from_numpy(x).to(device)
-        with autocast(xt.device):
-            logits, _ = model(xt, torch.from_numpy(pl).to(device))
+        logits, _ = model(xt, torch.from_numpy(pl).to(device))
         nll = F.cross_entropy(logits.float().transpose(1, 2), xt, reduction="none").cpu().double()  # (B, T)
-        for r, (_, s, k0, k1) in enumerate(chunk):
-            total_nll += float(nll[r, k0 - s:k1 - s].sum())
-            total_bytes += k1 - k0
+        for r, (i, s, k0, k1) in enumerate(chunk):
+            doc_nats[i] += float(nll[r, k0 - s:k1 - s].sum())
+    total_bytes = int(doc_bytes.sum())
     if total_bytes == 0:
         raise ValueError("no bytes to evaluate")
-    return total_nll / (math.log(2) * total_bytes), total_bytes
+    bpb = float(doc_nats.sum()) / (math.log(2) * total_bytes)
+    return (bpb, total_bytes, doc_nats, doc_bytes) if per_document else (bpb, total_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,10 +324,12 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
 
 
 def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out: str = "blt_model.pth",
-              device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
+              device_name: str | None = None, resume: str | None = None, compile: bool = False,
+              per_document: bool = False) -> dict:
     """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report.
 
     `resume` is a checkpoint of the same run (same patches, data and settings) to continue from, exactly.
+    per_document=True adds doc_nats and doc_bytes of the final evaluation (every held-out document).
     """
     T = model.config.max_seq_len
     if dataset.patch_config.size_bounds[1] > T:
@@ -341,12 +346,16 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
         mean_ps, n_train = dataset.mean_patch_size, sum(map(len, dataset.train_docs))
 
+        per_doc = {}  # the final evaluation's per-document figures (with per_document)
+
         def evaluate_held_out(step):  # intermediate evaluations score a prefix of the held-out documents
             docs, lengths = dataset.val_docs, dataset.val_lengths
             if step != config.max_steps:
                 keep = np.searchsorted(np.cumsum([len(d) for d in docs]), config.eval_max_bytes) + 1
                 docs, lengths = docs[:keep], lengths[:keep]
-            bpb, n = evaluate(model, docs, lengths, T, device=device)
+            bpb, n, *docs_out = evaluate(model, docs, lengths, T, device=device,
+                                         per_document=per_document and step == config.max_steps)
+            per_doc.update(zip(("doc_nats", "doc_bytes"), docs_out))
             return {"val_bpb": bpb, "val_bytes": n}
 
         if dist.is_main:
@@ -372,7 +381,7 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
                 "bytes_per_s": result["bytes_per_s"],
                 "train_loss": result["loss"], "train_bytes": n_train, "checkpoint": out, "method": pc.method,
                 "entropy_threshold": pc.entropy_threshold if pc.needs_entropy else None,
-                "steps": config.max_steps, "evals": result["evals"],
+                "steps": config.max_steps, "evals": result["evals"], **per_doc,
                 "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()

@@ -82,6 +82,8 @@ def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_st
             *inputs, targets = (t.to(device) for t in batch)
             with autocast(device):
                 _, loss = model(*inputs, targets=targets)  # forward
+            if dist.enabled:  # rows may hold padding: weight each rank's mean by its share of the targets
+                loss = loss * global_share(targets, dist)
             loss_val, stop = global_mean_and_any(loss.detach(), sigint.requested, dist)  # all ranks agree
             if not math.isfinite(loss_val):
                 raise diverged("loss", loss_val, step, cfg, out, saved)
@@ -322,6 +324,16 @@ def global_mean_and_any(x: torch.Tensor, flag: bool, dist: Dist) -> tuple[float,
     both = torch.stack([x.float(), torch.tensor(float(flag), device=x.device)])
     tdist.all_reduce(both)
     return both[0].item() / dist.world_size, both[1].item() > 0
+
+
+def global_share(targets: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """world_size x this rank's share of the global batch's targets (those not -100): a rank's mean loss
+    times this, averaged over ranks (as DDP averages gradients), is the mean over all targets of the global
+    batch, the loss one process would compute (not a mean of per-rank means)."""
+    n = (targets != -100).sum().to(torch.float64)
+    total = n.clone()
+    tdist.all_reduce(total)
+    return (n * dist.world_size / total).float()
 
 
 def global_mean(x: torch.Tensor, dist: Dist) -> float:
