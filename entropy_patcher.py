@@ -110,7 +110,7 @@ class PatchConfig:
     min_patch_size: int = 4  # bytes; a start is ignored while the current patch is shorter (not static/byte)
     max_patch_size: int = 128  # bytes; a start is forced when the current patch reaches this length
     cache_patches: bool = True  # keep entropies on disk (cached_entropies), keyed by data + model + window
-    cache_dir: str = ".patch_cache"  # folder of that cache
+    cache_dir: str = ""  # folder of that cache ("": $BLT_CACHE_DIR, else ~/.cache/entropy-blt/entropies)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -541,39 +541,83 @@ def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
     return out
 
 
+CACHE_ENV = "BLT_CACHE_DIR"  # where entropy caches go when no cache_dir is given
+
+
+def default_cache_dir() -> str:
+    """$BLT_CACHE_DIR, else the per-user cache ($XDG_CACHE_HOME or ~/.cache)/entropy-blt/entropies: never
+    the folder a command happens to run in (it may be read-only, or a source tree)."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "entropy-blt", "entropies")
+
+
 def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: str | None = None) -> str:
-    """cache_dir/LABEL-HASH.npy; HASH = sha256 over the documents (boundaries included), the entropy
+    """cache_dir/LABEL-HASH.npz; HASH = sha256 over the documents (boundaries included), the entropy
     model's fingerprint (weights and config) and its window. The label is for people, never the key."""
-    h = hashlib.sha256(b"entropies v2\0" + model_fingerprint(entropy_model).encode())
+    h = hashlib.sha256(b"entropies v3\0" + model_fingerprint(entropy_model).encode())
     h.update(int(entropy_model.config.max_seq_len).to_bytes(8, "little") + len(docs).to_bytes(8, "little"))
     for d in docs:  # lengths first, so document boundaries are part of the key
         h.update(len(d).to_bytes(8, "little") + d)
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:48] if label else "entropies"
-    return os.path.join(cache_dir, f"{label}-{h.hexdigest()[:32]}.npy")
+    return os.path.join(cache_dir or default_cache_dir(), f"{label}-{h.hexdigest()[:32]}.npz")
+
+
+def payload_checksum(flat: np.ndarray) -> str:
+    """SHA-256 of the entropies' bytes: a cache file carries it beside them, so bit-rot is caught."""
+    return hashlib.sha256(np.ascontiguousarray(flat, dtype=np.float32).tobytes()).hexdigest()
 
 
 def read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
-    """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed)."""
+    """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed).
+
+    A cache file is an .npz of `entropies` (float32, every document's concatenated) and `sha256` (their
+    checksum); anything else (unreadable, another type such as a bare .npy, a wrong shape, a checksum that
+    does not match) is recomputed with a warning.
+    """
     if not os.path.exists(path):
         return None
     try:
-        flat = np.load(path, allow_pickle=False)
-        fits = (isinstance(flat, np.ndarray) and flat.dtype == np.float32
-                and flat.shape == (sum(map(len, docs)),) and bool(np.isfinite(flat).all()))
-        problem = None if fits else "does not fit the documents"
-    except Exception as e:  # truncated, empty, not numpy at all: a cache is recomputed, never trusted
-        problem = f"is unreadable ({type(e).__name__}: {e})"
+        with np.load(path, allow_pickle=False) as z:  # an .npy gives an array: no context manager -> caught
+            flat, stored = z["entropies"], str(z["sha256"])
+        if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32
+                and flat.shape == (sum(map(len, docs)),)):
+            problem = "does not fit the documents"
+        elif payload_checksum(flat) != stored:
+            problem = "fails its checksum (damaged)"
+        elif not np.isfinite(flat).all():
+            problem = "holds non-finite values"
+        else:
+            problem = None
+    except Exception as e:  # truncated, empty, not an npz at all: a cache is recomputed, never trusted
+        problem = f"is unreadable ({type(e).__name__}: {str(e)[:100]})"
     if problem:
         warnings.warn(f"entropy cache {path} {problem}; recomputing", stacklevel=3)
         return None
     return np.split(flat, np.cumsum([len(d) for d in docs])[:-1]) if docs else []
 
 
+def write_entropy_cache(path: str, ent: list[np.ndarray]):
+    """Write the cache file read_entropy_cache reads; a cache that cannot be written is only a warning."""
+    flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object, so numpy does not append .npz to the temp name
+            np.savez(f, entropies=flat, sha256=np.array(payload_checksum(flat)))
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        warnings.warn(f"cannot write the entropy cache {path} ({e.strerror or e}); set --cache_dir or "
+                      f"${CACHE_ENV} to a writable folder", stacklevel=3)
+
+
 def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, label: str | None = None,
                      batch_size: int | None = None, show_progress=None, with_hit: bool = False):
     """H of every document, computed once per (documents, entropy model, window) and kept in cache_dir
-    (None: no disk cache). A file that is unreadable or does not fit is recomputed and rewritten.
-    with_hit=True returns (entropies, whether they came from the cache)."""
+    (None: no disk cache; "": default_cache_dir()). A file that is unreadable, damaged or does not fit is
+    recomputed and rewritten. with_hit=True returns (entropies, whether they came from the cache)."""
     docs = documents(docs)
     if entropy_model is None:
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
@@ -583,13 +627,7 @@ def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, la
     if not hit:
         ent = document_entropies(entropy_model, docs, batch_size, show_progress)
     if path is not None and not hit:
-        flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
-
-        def write(tmp):
-            with open(tmp, "wb") as f:  # a file object, so numpy does not append .npy to the temp name
-                np.save(f, flat)
-
-        atomic_write(path, write)
+        write_entropy_cache(path, ent)
     return (ent, hit) if with_hit else ent
 
 

@@ -61,8 +61,11 @@ from common import (
     add_config_args,
     add_run_args,
     atomic_write,
+    check_run_args,
+    check_split,
     config_overrides,
     count_params,
+    data_digest,
     is_main_process,
     lm_flops_per_token,
     make_optimizer,
@@ -74,7 +77,15 @@ from common import (
 )
 from entropy_llm import cap_bytes, score_sequences
 from save_entropy_model import CheckpointError, load_checkpoint, model_from_state
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    Interrupted,
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_run,
+    setup_distributed,
+    train,
+)
 
 TOKENIZERS = ("bytes", "bpe")
 DEFAULT_VOCAB = {"bytes": 256, "bpe": 4096}
@@ -371,7 +382,10 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         seed_everything(config.seed)
         model = TemplateLLM(config).to(device)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start = resume_from(resume, model, optimizer, config) if resume else 0
+        meta = {"train_data": data_digest(train_docs)}
+        if tok_path:
+            meta.update(tokenizer_file=os.path.basename(tok_path), tokenizer_sha256=_sha256(tok_path))
+        history = resume_run(resume, model, optimizer, config, meta) if resume else {"step": 0}
         trained = maybe_compile(distribute(model, dist), compile)
 
         t0 = time.perf_counter()
@@ -392,9 +406,7 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                 per_doc.update(doc_nats=doc_nats, doc_bytes=np.array([len(d) for d in val_docs], np.int64))
             return {"val_bpb": nats / (math.log(2) * n_bytes), "val_bytes": n_bytes, "val_tokens": n_tokens}
 
-        meta = {"train_bytes": train_bytes, "train_tokens": train_tokens, "tokens_per_byte": tokens_per_byte}
-        if tok_path:
-            meta.update(tokenizer_file=os.path.basename(tok_path), tokenizer_sha256=_sha256(tok_path))
+        meta.update(train_bytes=train_bytes, train_tokens=train_tokens, tokens_per_byte=tokens_per_byte)
         if dist.is_main:
             print(f"template LM ({config.tokenizer}, vocab {tokenizer.vocab_size}): {count_params(model):,} "
                   f"params, train {len(train_docs)} docs {train_bytes:,} bytes = {train_tokens:,} tokens "
@@ -402,8 +414,8 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                   f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
         rows = config.batch_size // dist.world_size
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
-                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
-                       desc=f"template {config.tokenizer}",
+                       start_step=history["step"], evaluate=evaluate if val_docs else None, meta=meta,
+                       desc=f"template {config.tokenizer}", history=history,
                        bytes_per_step=rows * config.max_seq_len / tokens_per_byte,
                        bpb_per_loss=tokens_per_byte / math.log(2))
         final = result["evals"][-1] if result["evals"] else {}
@@ -413,7 +425,8 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                 "bytes_per_s": result["bytes_per_s"], "checkpoint": out, "tokenizer": config.tokenizer,
                 "tokenizer_file": tok_path, "tokens_per_byte": tokens_per_byte, "train_bytes": train_bytes,
                 "train_tokens": train_tokens, "train_loss": result["loss"], "steps": config.max_steps,
-                "evals": result["evals"], "config": dataclasses.asdict(config), **per_doc}
+                "evals": result["evals"], "config": dataclasses.asdict(config), **per_doc,
+                "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
 
@@ -430,10 +443,11 @@ def main(argv=None):
                  quick_help="a smaller, shorter run: a minute or two on a CPU")
     add_config_args(p, TemplateConfig)
     args = p.parse_args(argv)
+    if args.eval and not args.checkpoint:
+        p.error("--eval needs --checkpoint")
     try:
+        check_run_args(args)
         if args.eval:
-            if not args.checkpoint:
-                p.error("--eval needs --checkpoint")
             model, tokenizer = load_template_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
@@ -446,13 +460,21 @@ def main(argv=None):
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, TemplateConfig))
             docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
             train_docs, val_docs = split_documents(docs)
+            check_split(train_docs, val_docs, args.data)
             report = train_template(config, train_docs, val_docs, args.out, args.device, resume_path(args),
                                     args.compile)
             if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
-            print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
+            done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+            print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
                   f"{report['flops_per_byte']:,.0f} FLOPs per byte; {report['bytes_per_s']:,.0f} training "
                   f"bytes/s; saved {args.out}" + (f" and {tok}" if (tok := report["tokenizer_file"]) else ""))
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
