@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -373,6 +375,22 @@ def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
     parser.add_argument("--report", default=None, help="write the figures as JSON here")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files other than --out (such as a model trained on the way)")
+
+
+def check_run_args(args):
+    """The paths of a training script's command, checked before any data is read or model built: --out
+    and --report writable (--out, the command's declared output, may be replaced), the checkpoint that
+    --eval or --resume reads present."""
+    if getattr(args, "eval", False) or getattr(args, "generate", False):
+        check_existing(args.checkpoint)
+    else:
+        check_output(args.out)
+        if args.resume:
+            check_existing(resume_path(args), "--checkpoint" if args.checkpoint else "--resume (--out)")
+    if args.report:
+        check_output(args.report, "--report")
 
 
 def resume_path(args) -> str | None:
@@ -467,13 +485,22 @@ class TrainFields:
         self.check_train_sizes()
 
     def check_train_sizes(self):
-        if min(self.batch_size, self.max_steps) < 1:
-            raise ValueError("batch_size and max_steps must be positive")
-        if min(self.warmup_steps, self.eval_interval, self.ckpt_interval, self.grad_clip) < 0:
-            raise ValueError("warmup_steps, eval_interval, ckpt_interval and grad_clip must not be negative")
         for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number")
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if min(self.batch_size, self.max_steps) < 1:
+            raise ValueError(f"batch_size and max_steps must be positive, got batch_size={self.batch_size}, "
+                             f"max_steps={self.max_steps}")
+        for name in ("max_bytes", "eval_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
     def check_lm_sizes(self):
         self.check_train_sizes()
@@ -640,18 +667,151 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
 
 
 def atomic_write(path: str, write_fn):
-    """Call write_fn(tmp_path) then rename over `path`: a crash mid-write leaves the old file intact."""
+    """Call write_fn(tmp_path), fsync, then rename over `path`: a crash or power cut mid-write leaves the
+    old file intact. The new file gets the permissions the umask gives any new file (not mkstemp's 0600);
+    the temporary file is removed on failure, and ones left by killed runs are cleared first."""
     path = os.path.abspath(path)
-    folder = os.path.dirname(path)
+    folder, base = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    remove_stale_temporaries(path)
+    # OUT.<pid>.<random>.tmp: the pid tells a later run whether the writer is still alive
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{base}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes reach the disk before the name does
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_folder(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: str):
+    """Make a rename inside `folder` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+STALE_TMP_S = 3600  # a temporary file of no known writer is a leftover once this old
+
+
+def remove_stale_temporaries(path: str):
+    """Delete `path`'s temporary files (PATH.<pid>.<random>.tmp) whose writer is gone: a killed run's."""
+    folder, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(base) + r"\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m:
+            continue
+        tmp = os.path.join(folder, name)
+        try:
+            if m.group(1) is not None:
+                stale = not process_alive(int(m.group(1)))
+            else:  # written before temporaries carried a pid
+                stale = time.time() - os.path.getmtime(tmp) > STALE_TMP_S
+            if stale:
+                os.remove(tmp)
+        except OSError:
+            pass
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process may be writing it (another thread)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks run before any model is built (DESIGN.md, "Bad input gets a clear error, and nothing is lost")
+
+
+def check_output(path: str, flag: str = "--out", may_replace: bool = True, overwrite: bool = False):
+    """Refuse (ValueError) an output path that cannot be written: a folder, under a file, in a folder
+    that cannot be written, or an existing file the command may not replace (may_replace: it is the
+    command's own declared output; else only with --overwrite)."""
+    if not path:
+        raise ValueError(f"{flag}: empty path")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if os.path.exists(path) and not (may_replace or overwrite):
+        raise ValueError(f"{flag} {path}: exists and would be replaced; add --overwrite to replace it")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # atomic_write creates missing folders: check the first that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: lies under {folder}, which is a file")
+    try:  # os.access says yes to root on read-only mounts: try it
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({why})") from None
+
+
+def check_existing(path: str | None, flag: str = "--checkpoint"):
+    """A file a command reads (a checkpoint to resume or evaluate) must exist and be a file."""
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise ValueError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder, not a checkpoint file")
+
+
+def check_split(train_docs: list, val_docs: list, data: str = "the corpus"):
+    """A run needs bytes to train on and bytes to hold out: a NaN held-out score is no result."""
+    if not val_docs or not sum(map(len, val_docs)):
+        raise ValueError(f"{data}: too small to hold out any bytes for validation (give more data or a "
+                         "larger --max_bytes)")
+    if not train_docs or not sum(map(len, train_docs)):
+        raise ValueError(f"{data}: leaves no bytes to train on after holding out validation documents")
+
+
+def check_batch_size(batch_size, name: str = "batch_size"):
+    """Batch sizes are whole numbers >= 1 (a negative one would silently skip every batch)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {batch_size!r}")
+
+
+def data_digest(docs: list) -> str:
+    """SHA-256 of a list of documents with their boundaries: what a checkpoint records of its data."""
+    h = hashlib.sha256()
+    for d in docs:
+        d = d if isinstance(d, (bytes, bytearray)) else np.ascontiguousarray(d).tobytes()
+        h.update(len(d).to_bytes(8, "little") + bytes(d))
+    return h.hexdigest()
 
 
 def write_report(path: str | None, report: dict):

@@ -53,9 +53,13 @@ from common import (
     add_run_args,
     block_flops_per_token,
     causal_context,
+    check_batch_size,
+    check_run_args,
+    check_split,
     config_from_dict,
     config_overrides,
     count_params,
+    data_digest,
     is_main_process,
     lm_flops_per_token,
     make_optimizer,
@@ -68,10 +72,11 @@ from common import (
 )
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
 from training import (
+    Interrupted,
     cleanup_distributed,
     distribute,
     maybe_compile,
-    resume_from,
+    resume_run,
     setup_distributed,
     shard,
     train,
@@ -170,6 +175,7 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
     logits[:, t] predict id t. Sequences longer than the model's window are scored in overlapping
     windows (see entropy_windows); windows of all sequences share batches, each in its own row.
     """
+    check_batch_size(batch_size)
     model.eval()
     W = model.config.max_seq_len
     device = next(model.parameters()).device
@@ -282,6 +288,7 @@ def compute_entropies(model: MinimalLLM, data, batch_size: int | None = None,
     """
     if batch_size is None:
         batch_size = 64 if next(model.parameters()).device.type == "cuda" else 8
+    check_batch_size(batch_size)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return score_bytes(model, [bytes(data)], batch_size, show_progress=show_progress)[0]
     return score_bytes(model, [bytes(d) for d in data], batch_size, show_progress=show_progress)
@@ -415,7 +422,9 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
         if fsdp:  # sharded before the optimizer is made (FSDP2)
             shard(model, dist)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start = resume_from(resume, model, optimizer, config) if resume else 0
+        meta = {"train_bytes": sum(map(len, train_docs)), "train_documents": document_digests(train_docs),
+                "train_data": data_digest(train_docs)}
+        history = resume_run(resume, model, optimizer, config, meta) if resume else {"step": 0}
         trained = maybe_compile(model if fsdp else distribute(model, dist), compile)
         windows = ByteWindows(train_docs, config.train_row_len, seed=config.seed)  # rows: train_row_len
         train_bytes = int(windows.lengths.sum())
@@ -429,17 +438,17 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
             print(f"entropy model: {count_params(model):,} params, train {len(train_docs)} docs "
                   f"{train_bytes:,} bytes, val {len(val_docs)} docs {sum(map(len, val_docs)):,} bytes, "
                   f"device {device}, {dist.world_size} process(es)")
-        meta = {"train_bytes": train_bytes, "train_documents": document_digests(train_docs)}
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
-                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
+                       start_step=history["step"], evaluate=evaluate if val_docs else None, meta=meta,
                        bytes_per_step=config.batch_size // dist.world_size * config.train_row_len,
-                       desc="entropy LM")
+                       desc="entropy LM", history=history)
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "train_bytes": train_bytes, "params": count_params(model),
                 "bytes_per_s": result["bytes_per_s"], "train_loss": result["loss"],
                 "flops_per_byte": flops_per_byte(config), "checkpoint": out, "steps": config.max_steps,
-                "evals": result["evals"], "config": dataclasses.asdict(config)}
+                "evals": result["evals"], "config": dataclasses.asdict(config),
+                "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
 
@@ -464,7 +473,10 @@ def main(argv=None):
     p.add_argument("--precompute_chunk_bytes", type=int, default=PRECOMPUTE_CHUNK_BYTES,
                    help="bytes per chunk of --precompute: the unit a rank takes and a resumed run skips")
     args = p.parse_args(argv)
+    if args.eval and not args.checkpoint:
+        p.error("--eval needs --checkpoint")
     try:
+        check_run_args(args)
         if args.precompute:
             if not args.checkpoint:
                 p.error("--precompute needs --checkpoint")
@@ -476,8 +488,6 @@ def main(argv=None):
                   f"{report['chunks']} chunks computed now, {report['bytes_per_s']:,.0f} bytes/s over "
                   f"{report['processes']} process(es)")
         elif args.eval:
-            if not args.checkpoint:
-                p.error("--eval needs --checkpoint")
             model = load_entropy_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
@@ -489,12 +499,20 @@ def main(argv=None):
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, EntropyConfig))
             docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
             train_docs, val_docs = split_documents(docs)
+            check_split(train_docs, val_docs, args.data)
             report = train_entropy_model(config, train_docs, val_docs, args.out, args.device,
                                          resume_path(args), args.compile, args.fsdp)
             if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
-            print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
+            done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+            print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
                   f"{report['bytes_per_s']:,.0f} training bytes/s; saved {args.out}")
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
