@@ -2,7 +2,8 @@
 
 A corpus is a list of documents, each `bytes`. Sources (`--data`):
     builtin            offline: the Python reference manual (pydoc_data.topics), then the standard
-                       library's .py files in sorted order
+                       library's .py files in sorted order (pydoc_data/topics.py, the manual again as
+                       string literals, left out)
     builtin:code       offline: the standard library's .py files with docstrings and comments removed
     builtin:prose      offline: the reference manual, then the docstrings and comments of the standard
                        library, one document per source file
@@ -12,12 +13,16 @@ A corpus is a list of documents, each `bytes`. Sources (`--data`):
     hf:NAME[:CONFIG]   a Hugging Face dataset streamed with `datasets` (needs a network), rows as above
 
 `max_bytes` keeps whole documents only: the corpus stops before the first one that does not fit, so a
-document never reaches the split cut short (a cut copy has another hash and could land on the other side
-of it). Only a first document larger than max_bytes is cut, giving a one-document corpus.
+document never reaches the split cut short. Only a first document larger than max_bytes is cut, giving a
+one-document corpus.
 
-The split (DESIGN.md, "Held-out split"): exact duplicates are dropped, then every document whose content
-hash falls in the lowest 1/10 of its range goes to validation whole, so its side depends neither on its
-position nor on max_bytes; a corpus of one document gives its contiguous tail instead. Training reads
+The split (DESIGN.md, "Held-out split"): empty documents, exact duplicates and documents that are a prefix
+of another are dropped, then every document whose split hash (content_hash: of its first 4 KB, so
+near-duplicates sharing a head share a side) falls in the lowest 1/10 of its range goes to validation
+whole, so its side depends neither on its position nor on max_bytes; a corpus of one document gives its
+contiguous tail instead. A document derived from a source file (builtin:code, builtin:prose) is a
+`Document` whose `split_key` is that file, so a file and everything made from it are on the same side in
+all three builtin corpora. Training reads
 fixed-length windows at random offsets inside training documents, a pure function of (seed, step), so
 resumed and distributed runs see the same data.
 
@@ -56,6 +61,18 @@ class DataError(Exception):
     """A --data value that cannot be read; the message is one line."""
 
 
+class Document(bytes):
+    """A document whose side of the split is decided by `split_key` (its source file) instead of itself.
+
+    Slicing or joining gives plain bytes: only the whole derived document carries the key.
+    """
+
+    def __new__(cls, data: bytes, split_key: bytes):
+        doc = super().__new__(cls, data)
+        doc.split_key = split_key
+        return doc
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
@@ -75,17 +92,28 @@ def _files_below(root: str, suffix: str = "", skip_dirs: tuple[str, ...] = ()) -
 
 
 def stdlib_sources() -> list[str]:
-    """The standard library's .py files, sorted by path (installed packages excluded)."""
+    """The standard library's .py files, sorted by path (installed packages excluded).
+
+    pydoc_data/topics.py is left out: it is the reference manual as string literals, and a training
+    document holding the manual would leak its held-out topics.
+    """
     stdlib = sysconfig.get_paths()["stdlib"]
-    return _files_below(stdlib, suffix=".py", skip_dirs=("site-packages", "dist-packages", "__pycache__"))
+    paths = _files_below(stdlib, suffix=".py", skip_dirs=("site-packages", "dist-packages", "__pycache__"))
+    return [p for p in paths if not p.endswith(os.path.join("pydoc_data", "topics.py"))]
 
 
 def manual_topics() -> Iterator[bytes]:
-    """The Python reference manual as pydoc ships it, one topic per document, sorted by name."""
+    """The Python reference manual as pydoc ships it, one topic per document, sorted by name.
+
+    A topic whose text lies inside another topic is left out (it would be trained on as part of the
+    other one while held out itself); identical topics are kept once.
+    """
     from pydoc_data.topics import topics  # a 0.8 MB module: imported only when the corpus is read
 
-    for name in sorted(topics):
-        yield topics[name].encode("utf-8")
+    texts = list(dict.fromkeys(topics[name].encode("utf-8") for name in sorted(topics)))
+    for text in texts:
+        if not any(text in other for other in texts if other is not text):
+            yield text
 
 
 def builtin_documents() -> Iterator[bytes]:
@@ -192,15 +220,14 @@ def docstrings_and_comments(source: str) -> str:
     return "\n\n".join(text for _, text in sorted(pieces, key=lambda p: p[0]))
 
 
-def _stdlib_texts(transform) -> Iterator[bytes]:
-    """transform(source) of every stdlib .py file except the manual's own module (pydoc_data/topics.py)."""
+def _stdlib_texts(transform) -> Iterator[Document]:
+    """transform(source) of every stdlib .py file, split by the file's bytes (on the side the file has in
+    `builtin`)."""
     for path in stdlib_sources():
-        if path.endswith(os.path.join("pydoc_data", "topics.py")):
-            continue
         source = _read_source(path)
         text = transform(source) if source is not None else None
         if text and text.strip():
-            yield text.encode("utf-8")
+            yield Document(text.encode("utf-8"), split_key=_read(path))
 
 
 def builtin_code_documents() -> Iterator[bytes]:
@@ -344,19 +371,31 @@ def load_corpus(data: str = "builtin", max_bytes: int | None = None,
 
 
 def content_hash(doc: bytes) -> int:
-    """The first 8 bytes of the document's sha256, as an integer: what decides its side of the split."""
-    return int.from_bytes(hashlib.sha256(doc).digest()[:8], "big")
+    """What decides a document's side of the split: the first 8 bytes of the sha256 of the first
+    BLOCK_BYTES of its split key (its source file for a Document, else itself), as an integer. Hashing
+    the head puts near-duplicates that share it (an edited copy, a longer cut) on the same side."""
+    key = getattr(doc, "split_key", doc)
+    return int.from_bytes(hashlib.sha256(key[:BLOCK_BYTES]).digest()[:8], "big")
+
+
+def distinct_documents(docs: list[bytes]) -> list[bytes]:
+    """The documents split_documents splits, in corpus order: empty ones, exact duplicates and those that
+    are a prefix of another dropped (a prefix's bytes are all in the longer one, on whichever side)."""
+    docs = [d for d in dict.fromkeys(docs) if d]
+    ordered = sorted(docs)  # a prefix sorts right before the documents it starts
+    prefixes = {a for a, b in zip(ordered, ordered[1:]) if b.startswith(a)}
+    return [d for d in docs if d not in prefixes]
 
 
 def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list[bytes], list[bytes]]:
-    """(train, val): whole documents, in corpus order; exact duplicates dropped first.
+    """(train, val): whole documents, in corpus order, after distinct_documents.
 
-    A document is held out when its content hash lies in the lowest 1/val_every of the range, so its side
+    A document is held out when its content_hash lies in the lowest 1/val_every of the range, so its side
     does not depend on where it sits or on which other documents are loaded. A corpus whose hashes hold
     none out gives its lowest-hash document; one that would hold all out trains on its highest. A single
     document is split into its head (train) and contiguous tail (val, 1/val_every of it).
     """
-    docs = list(dict.fromkeys(docs))
+    docs = distinct_documents(docs)
     if len(docs) == 1:
         doc = docs[0]
         cut = len(doc) - max(1, len(doc) // val_every) if len(doc) > 1 else len(doc)
@@ -429,36 +468,53 @@ def _digest(doc: bytes) -> str:
 
 def block_digests(doc: bytes, start: int = 0) -> list[str]:
     """Hex digests (64 bits) of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of
-    the block size, from the document's first byte) at or after `start`."""
-    first = -(-start // BLOCK_BYTES) * BLOCK_BYTES
+    the block size, from the document's first byte) that end after `start`: the block straddling `start`
+    counts."""
+    first = start // BLOCK_BYTES * BLOCK_BYTES
     return [hashlib.sha256(doc[o:o + BLOCK_BYTES]).hexdigest()[:BLOCK_DIGEST]
             for o in range(first, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES)]
 
 
+def prefix_digests(doc: bytes) -> list[str]:
+    """Hex digests (64 bits) of doc[:k * BLOCK_BYTES] for k = 1, 2, ...: the document's prefix chain."""
+    h, out = hashlib.sha256(), []
+    for o in range(0, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES):
+        h.update(doc[o:o + BLOCK_BYTES])
+        out.append(h.copy().hexdigest()[:BLOCK_DIGEST])
+    return out
+
+
 def document_digests(docs: list[bytes]) -> list[list]:
-    """[sha256 prefix, length, block digests] of each document: a compact record of what a model trained on.
+    """[sha256 prefix, length, block digests, prefix digests] of each document: a compact record of what a
+    model trained on.
 
     The block digests (one string, 16 hex characters per aligned 4 KB block; a string, not bytes, so that
-    torch.load(weights_only=True) reads it) let held_out_seen notice a model that trained on another cut
-    of the same document, whose copy has another whole-document digest.
+    torch.load(weights_only=True) reads it) and the prefix chain (16 hex characters per 4 KB boundary) let
+    held_out_seen notice a model that trained on another cut of the same document, whose copy has another
+    whole-document digest. 8 bytes of record per KB trained on.
     """
-    return [[_digest(d), len(d), "".join(block_digests(d))] for d in docs]
+    return [[_digest(d), len(d), "".join(block_digests(d)), "".join(prefix_digests(d))] for d in docs]
+
+
+def _unpack(packed: str) -> list[str]:
+    return [packed[o:o + BLOCK_DIGEST] for o in range(0, len(packed), BLOCK_DIGEST)]
 
 
 def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[bytes]) -> int:
     """How many of `val_docs` (the held-out part of corpus `docs`) a model trained on `trained_on` saw.
 
     A held-out document counts when its digest is among the trained ones; when one of its aligned blocks
-    was trained on (another cut of a one-document corpus, longer or shorter, whose head reached into this
-    tail), unless this corpus's own training documents hold that same block too; and, for a one-document
-    corpus, when the model trained on a prefix of that document reaching into the tail. Block checks need
-    a record with block digests; old records ([digest, length] only) get the other two checks. An overlap
-    shorter than two blocks (8 KB) can go unnoticed.
+    was trained on, unless this corpus's own training documents hold that same block too. For a
+    one-document corpus (its tail held out) the blocks checked start with the one straddling the cut, and
+    the tail also counts as seen when the model trained on a prefix of the document reaching into it, or
+    on a document longer than the cut that shares the document's prefix up to the last 4 KB boundary
+    within both (another cut of it, longer or shorter). Records are [digest, length] (old), + block
+    digests, + prefix digests; each check runs where its part of the record is there. An overlap that
+    holds no whole aligned block, with no shared 4 KB boundary, can go unnoticed (documents under 4 KB).
     """
     whole = {entry[0] for entry in trained_on}
-    blocks = {packed[o:o + BLOCK_DIGEST] for *_, packed in (e for e in trained_on if len(e) > 2)
-              for o in range(0, len(packed), BLOCK_DIGEST)}
-    docs = list(dict.fromkeys(docs))  # as split_documents sees them
+    blocks = {b for e in trained_on if len(e) > 2 for b in _unpack(e[2])}
+    docs = distinct_documents(docs)  # as split_documents sees them
     one_doc = len(docs) == 1 and bool(val_docs)
     cut = len(docs[0]) - len(val_docs[0]) if one_doc else 0
     if blocks:  # blocks this split itself trains on are shared content, not a leak
@@ -471,11 +527,22 @@ def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[byte
         if not seen and blocks:
             seen = any(b in blocks for b in (block_digests(docs[0], cut) if one_doc else block_digests(v)))
         if not seen and one_doc:
-            doc = docs[0]
-            seen = any(cut < n <= len(doc) and _digest(doc[:n]) == sha
-                       for sha, n in {(e[0], e[1]) for e in trained_on})
+            seen = _one_document_seen(trained_on, docs[0], cut)
         count += seen
     return count
+
+
+def _one_document_seen(trained_on: list[list], doc: bytes, cut: int) -> bool:
+    """Whether a trained document is another cut of `doc` reaching past `cut` (see held_out_seen)."""
+    if any(cut < n <= len(doc) and _digest(doc[:n]) == sha for sha, n in {(e[0], e[1]) for e in trained_on}):
+        return True
+    chain = prefix_digests(doc)
+    for entry in trained_on:
+        if len(entry) > 3 and entry[1] > cut:
+            k = min(entry[1], len(doc)) // BLOCK_BYTES  # the last boundary within both
+            if k and entry[3][(k - 1) * BLOCK_DIGEST:k * BLOCK_DIGEST] == chain[k - 1]:
+                return True
+    return False
 
 
 def corpus_summary(docs: list[bytes]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -107,6 +109,37 @@ class KVCache:
         return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 
+def window_layout(window: int) -> tuple[int, int]:
+    """(chunk, back) of a sliding window of `window` keys computed in chunks: every chunk of `chunk` queries
+    attends to its own chunk and the `back` chunks before it, which hold every key it may see."""
+    chunk = max(16, window // 4)  # >= 16 rows: BLAS gives a row the same bits at any row count (tested)
+    return chunk, max(1, -(-(window - 1) // chunk))
+
+
+def chunk_window_mask(window: int, chunk: int, back: int, chunk_ok: torch.Tensor) -> torch.Tensor:
+    """(S, Q, K) bool, True = may attend: query r of a chunk (local position back*Q + r) sees key c (local
+    position c) iff 0 <= back*Q + r - c < window and key chunk c // Q is allowed by chunk_ok (S, back+1):
+    False for chunks before the document's start."""
+    r = torch.arange(chunk, device=chunk_ok.device).view(chunk, 1)
+    c = torch.arange((back + 1) * chunk, device=chunk_ok.device).view(1, -1)
+    d = back * chunk + r - c  # (Q, K): how far back each key is
+    return ((d >= 0) & (d < window)).unsqueeze(0) & chunk_ok.repeat_interleave(chunk, dim=1).unsqueeze(1)
+
+
+def window_keys(k, v, cos, sin, S: int, chunk: int, back: int):
+    """Keys and values of S query chunks from raw k, v (B, H, (back+S)*Q, Dh) (the `back` chunks before the
+    first query chunk, then the S chunks): (B, H*S, K, Dh) each, K = (back+1)*Q. Key slot j of a query
+    chunk is rotated at local positions j*Q..j*Q+Q-1 (cos, sin: (K, Dh/2)), so positions stay local to a
+    chunk's window, never grow with the document, and a one-byte step computes the same bits."""
+    B, H, _, Dh = k.shape
+    k5, v5 = k.view(B, H, back + S, chunk, Dh), v.view(B, H, back + S, chunk, Dh)
+    ks = [apply_rotary(k5[:, :, j:j + S], cos[j * chunk:(j + 1) * chunk], sin[j * chunk:(j + 1) * chunk])
+          for j in range(back + 1)]
+    keys = torch.stack(ks, dim=3).view(B, H * S, (back + 1) * chunk, Dh)  # (B, H*S, K, Dh)
+    vals = torch.stack([v5[:, :, j:j + S] for j in range(back + 1)], dim=3).view(B, H * S, -1, Dh)
+    return keys, vals
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with rotary positions through scaled_dot_product_attention.
 
@@ -135,6 +168,37 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+    def window_forward(self, x, cos, sin, mask, carry, chunk: int, back: int):
+        """Sliding-window attention over S = T/Q whole chunks (window_layout), continuing `carry`: raw
+        k, v (B, H, back*Q, Dh) of the chunks before x. mask (1 or B, S, Q, K) from chunk_window_mask;
+        cos, sin (K, Dh/2) of local positions 0..K-1. Returns the output (B, T, C) and the next carry."""
+        B, T, C = x.shape
+        H, Dh, S = self.n_heads, self.head_dim, T // chunk
+        q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        k, v = torch.cat([carry[0], k], dim=2), torch.cat([carry[1], v], dim=2)  # (B, H, (back+S)*Q, Dh)
+        keys, vals = window_keys(k, v, cos, sin, S, chunk, back)  # (B, H*S, K, Dh)
+        q = apply_rotary(q.reshape(B, H, S, chunk, Dh), cos[back * chunk:], sin[back * chunk:])
+        Bm = mask.size(0)
+        m = mask.unsqueeze(1).expand(Bm, H, *mask.shape[1:]).reshape(Bm, H * S, chunk, -1)  # (Bm, H*S, Q, K)
+        y = F.scaled_dot_product_attention(q.reshape(B, H * S, chunk, Dh), keys, vals, attn_mask=m)
+        y = y.view(B, H, T, Dh).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y), (k[:, :, S * chunk:], v[:, :, S * chunk:])
+
+    def window_step(self, x, cos, sin, mask_row, ring, r: int, chunk: int, back: int):
+        """One query at row r of the newest chunk (x (1, R, C): row 0 real, the rest padding so that the
+        matmuls take the same path as window_forward's); ring holds raw k, v (1, H, K, Dh) of the chunks
+        back..0 and receives this position's. mask_row (K,) bool. Returns (1, R, C); row 0 is the output."""
+        _, R, C = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).view(1, R, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3x (1, H, R, Dh)
+        ring[0][:, :, back * chunk + r] = k[:, :, 0]
+        ring[1][:, :, back * chunk + r] = v[:, :, 0]
+        keys, vals = window_keys(ring[0], ring[1], cos, sin, 1, chunk, back)  # (1, H, K, Dh)
+        p = back * chunk + r
+        q = apply_rotary(q, cos[p:p + 1], sin[p:p + 1])
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask_row.expand(1, H, R, -1))
+        return self.proj(y.transpose(1, 2).reshape(1, R, C))  # (1, R, C)
 
 
 class MLP(nn.Module):
@@ -171,6 +235,18 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+    def window_forward(self, x, cos, sin, mask, carry, chunk: int, back: int):
+        """Block.forward with sliding-window attention (Attention.window_forward); returns x, next carry."""
+        a, carry = self.attn.window_forward(self.attn_norm(x), cos, sin, mask, carry, chunk, back)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), carry
+
+    def window_step(self, x, cos, sin, mask_row, ring, r: int, chunk: int, back: int):
+        """Block.forward of one position with sliding-window attention (Attention.window_step)."""
+        x = x + self.attn.window_step(self.attn_norm(x), cos, sin, mask_row, ring, r, chunk, back)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -307,6 +383,22 @@ def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
     parser.add_argument("--report", default=None, help="write the figures as JSON here")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files other than --out (such as a model trained on the way)")
+
+
+def check_run_args(args):
+    """The paths of a training script's command, checked before any data is read or model built: --out
+    and --report writable (--out, the command's declared output, may be replaced), the checkpoint that
+    --eval or --resume reads present."""
+    if getattr(args, "eval", False) or getattr(args, "generate", False):
+        check_existing(args.checkpoint)
+    else:
+        check_output(args.out)
+        if args.resume:
+            check_existing(resume_path(args), "--checkpoint" if args.checkpoint else "--resume (--out)")
+    if args.report:
+        check_output(args.report, "--report")
 
 
 def resume_path(args) -> str | None:
@@ -401,13 +493,22 @@ class TrainFields:
         self.check_train_sizes()
 
     def check_train_sizes(self):
-        if min(self.batch_size, self.max_steps) < 1:
-            raise ValueError("batch_size and max_steps must be positive")
-        if min(self.warmup_steps, self.eval_interval, self.ckpt_interval, self.grad_clip) < 0:
-            raise ValueError("warmup_steps, eval_interval, ckpt_interval and grad_clip must not be negative")
         for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number")
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if min(self.batch_size, self.max_steps) < 1:
+            raise ValueError(f"batch_size and max_steps must be positive, got batch_size={self.batch_size}, "
+                             f"max_steps={self.max_steps}")
+        for name in ("max_bytes", "eval_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
     def check_lm_sizes(self):
         self.check_train_sizes()
@@ -432,7 +533,13 @@ class CausalLM(CarriesConfig, nn.Module):
         C, V = config.d_model, config.vocab_size
         self.embed = nn.Embedding(V, C)
         self.start = nn.Parameter(torch.zeros(C))
-        self.rotary = Rotary(C // config.n_heads, config.max_seq_len)
+        # sliding window (config.sliding_window): a position sees itself and the max_seq_len-2 before it,
+        # so byte i is predicted from the min(i, max_seq_len-1) bytes before it (the start vector while i
+        # < max_seq_len-1), whatever the length of the row or document
+        self.window = config.max_seq_len - 1 if getattr(config, "sliding_window", False) else None
+        self.chunk, self.back = window_layout(self.window) if self.window else (0, 0)
+        rot_len = max(config.max_seq_len, (self.back + 1) * self.chunk)  # built once: never regrown
+        self.rotary = Rotary(C // config.n_heads, rot_len)
         self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
         self.norm = RMSNorm(C)
         self.head = nn.Linear(C, V, bias=False)
@@ -446,13 +553,61 @@ class CausalLM(CarriesConfig, nn.Module):
     def forward(self, idx, targets=None):
         B, T = idx.shape
         x = torch.cat([self._start(B), self.embed(idx[:, :-1])], dim=1)  # (B, T, C): shifted right
-        x = run_blocks(self.blocks, x, *self.rotary(0, T))
+        if self.window:  # every row starts a document; padded to whole chunks, padding dropped
+            pad = -T % self.chunk
+            x = F.pad(x, (0, 0, 0, pad))  # (B, T + pad, C)
+            S = x.size(1) // self.chunk
+            j = torch.arange(self.back + 1, device=x.device)
+            ok = torch.arange(S, device=x.device).view(S, 1) - self.back + j >= 0  # (S, back+1): chunks >= 0
+            x = self.window_blocks(x, ok)[0][:, :T]
+        else:
+            x = run_blocks(self.blocks, x, *self.rotary(0, T))
         logits = self.head(self.norm(x))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
+
+    def window_blocks(self, x, chunk_ok, carries=None):
+        """The blocks with sliding-window attention over x (B, T, C), T whole chunks of self.chunk, after
+        the chunks in `carries` (per block: raw k, v (B, H, back*Q, Dh); None = nothing before x).
+        chunk_ok (S, back+1) bool: which key chunks each query chunk may read (False before its
+        document's start). Returns the block outputs (B, T, C) and the carries for the next chunks."""
+        B, H = x.size(0), self.config.n_heads
+        cos, sin = self.rotary(0, (self.back + 1) * self.chunk)
+        mask = chunk_window_mask(self.window, self.chunk, self.back, chunk_ok)  # (S, Q, K)
+        if carries is None:
+            z = x.new_zeros(B, H, self.back * self.chunk, self.config.d_model // H)
+            carries = [(z, z)] * len(self.blocks)
+        out = []
+        for block, carry in zip(self.blocks, carries):
+            x, carry = block.window_forward(x, cos, sin, mask.unsqueeze(0), carry, self.chunk, self.back)
+            out.append(carry)
+        return x, out
+
+    def new_rings(self) -> list[list[torch.Tensor]]:
+        """Empty rolling KV caches of a sliding-window stream (window_step): per block, raw k and v
+        (1, H, K, Dh) of the back+1 chunks that hold a position's window."""
+        p, H = self.head.weight, self.config.n_heads
+        shape = (1, H, (self.back + 1) * self.chunk, self.config.d_model // H)
+        return [[p.new_zeros(shape), p.new_zeros(shape)] for _ in self.blocks]
+
+    def window_step(self, h, rings, pos: int):
+        """Logits (1, R, V) of position `pos` of a document from its input h (1, R, C) (row 0; rows 1..
+        are padding, so the matmuls see as many rows as in window_blocks and give the same bits); rings
+        (new_rings) hold positions pos-back*Q-r..pos-1 and are rolled here when pos starts a chunk."""
+        b, r = divmod(pos, self.chunk)
+        if r == 0 and b > 0:
+            for ring in rings:
+                for i, a in enumerate(ring):
+                    ring[i] = torch.cat([a[:, :, self.chunk:], torch.zeros_like(a[:, :, :self.chunk])], dim=2)
+        ok = (torch.arange(self.back + 1, device=h.device) >= self.back - b).view(1, -1)  # key chunks >= 0
+        mask_row = chunk_window_mask(self.window, self.chunk, self.back, ok)[0, r]  # (K,)
+        cos, sin = self.rotary(0, (self.back + 1) * self.chunk)
+        for block, ring in zip(self.blocks, rings):
+            h = block.window_step(h, cos, sin, mask_row, ring, r, self.chunk, self.back)
+        return self.head(self.norm(h))  # (1, R, V)
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """Empty KV caches for incremental decoding with step()."""
@@ -520,18 +675,151 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
 
 
 def atomic_write(path: str, write_fn):
-    """Call write_fn(tmp_path) then rename over `path`: a crash mid-write leaves the old file intact."""
+    """Call write_fn(tmp_path), fsync, then rename over `path`: a crash or power cut mid-write leaves the
+    old file intact. The new file gets the permissions the umask gives any new file (not mkstemp's 0600);
+    the temporary file is removed on failure, and ones left by killed runs are cleared first."""
     path = os.path.abspath(path)
-    folder = os.path.dirname(path)
+    folder, base = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    remove_stale_temporaries(path)
+    # OUT.<pid>.<random>.tmp: the pid tells a later run whether the writer is still alive
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{base}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes reach the disk before the name does
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_folder(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: str):
+    """Make a rename inside `folder` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+STALE_TMP_S = 3600  # a temporary file of no known writer is a leftover once this old
+
+
+def remove_stale_temporaries(path: str):
+    """Delete `path`'s temporary files (PATH.<pid>.<random>.tmp) whose writer is gone: a killed run's."""
+    folder, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(base) + r"\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m:
+            continue
+        tmp = os.path.join(folder, name)
+        try:
+            if m.group(1) is not None:
+                stale = not process_alive(int(m.group(1)))
+            else:  # written before temporaries carried a pid
+                stale = time.time() - os.path.getmtime(tmp) > STALE_TMP_S
+            if stale:
+                os.remove(tmp)
+        except OSError:
+            pass
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process may be writing it (another thread)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks run before any model is built (DESIGN.md, "Bad input gets a clear error, and nothing is lost")
+
+
+def check_output(path: str, flag: str = "--out", may_replace: bool = True, overwrite: bool = False):
+    """Refuse (ValueError) an output path that cannot be written: a folder, under a file, in a folder
+    that cannot be written, or an existing file the command may not replace (may_replace: it is the
+    command's own declared output; else only with --overwrite)."""
+    if not path:
+        raise ValueError(f"{flag}: empty path")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if os.path.exists(path) and not (may_replace or overwrite):
+        raise ValueError(f"{flag} {path}: exists and would be replaced; add --overwrite to replace it")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # atomic_write creates missing folders: check the first that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: lies under {folder}, which is a file")
+    try:  # os.access says yes to root on read-only mounts: try it
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({why})") from None
+
+
+def check_existing(path: str | None, flag: str = "--checkpoint"):
+    """A file a command reads (a checkpoint to resume or evaluate) must exist and be a file."""
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise ValueError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder, not a checkpoint file")
+
+
+def check_split(train_docs: list, val_docs: list, data: str = "the corpus"):
+    """A run needs bytes to train on and bytes to hold out: a NaN held-out score is no result."""
+    if not val_docs or not sum(map(len, val_docs)):
+        raise ValueError(f"{data}: too small to hold out any bytes for validation (give more data or a "
+                         "larger --max_bytes)")
+    if not train_docs or not sum(map(len, train_docs)):
+        raise ValueError(f"{data}: leaves no bytes to train on after holding out validation documents")
+
+
+def check_batch_size(batch_size, name: str = "batch_size"):
+    """Batch sizes are whole numbers >= 1 (a negative one would silently skip every batch)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {batch_size!r}")
+
+
+def data_digest(docs: list) -> str:
+    """SHA-256 of a list of documents with their boundaries: what a checkpoint records of its data."""
+    h = hashlib.sha256()
+    for d in docs:
+        d = d if isinstance(d, (bytes, bytearray)) else np.ascontiguousarray(d).tobytes()
+        h.update(len(d).to_bytes(8, "little") + bytes(d))
+    return h.hexdigest()
 
 
 def write_report(path: str | None, report: dict):

@@ -1,32 +1,51 @@
-"""The comparison study: at the same training compute, how do entropy patches compare with fixed
-patches, space patches, plain bytes and BPE tokens?
+"""The comparison study, run the way the BLT paper argues: do entropy patches match BPE tokens at equal
+training compute, equal inference compute per byte and equal context, and by how much, with what error?
 
-    python complete_entropy_workflow.py --quick_demo --train_entropy          # ~15 minutes on a laptop CPU
-    python complete_entropy_workflow.py --train_entropy --out runs/study      # the default, longer budget
+    python complete_entropy_workflow.py --quick_demo --train_entropy          # ~11 minutes on a 2-core CPU
+    python complete_entropy_workflow.py --train_entropy --entropy_steps 400 --batch_size 4 \
+        --max_bytes 4000000 --flops_budgets 1e12,3e12,1e13 --seeds 2 --out docs/study   # ~6 hours
     python complete_entropy_workflow.py --entropy_model_path entropy_model.pth --flops_budget 1e14
-    python complete_entropy_workflow.py --train_entropy --blt_preset tiny --template_preset tiny \
-        --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --flops_budget 5e9   # a smoke run
+    python complete_entropy_workflow.py --train_entropy --template_preset cpu --blt_preset tiny \
+        --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --context_bytes 128 --blt_local_dim 32 \
+        --bpe_vocab_size 300 --batch_size 4 --flops_budget 3e10                # a smoke run, seconds
+The seed's research questions (docs/research/README.md has the answers; /work/plan/RESEARCH_COMMANDS.md):
+    python complete_entropy_workflow.py --quick_demo --train_entropy --domains builtin:code,builtin:prose
+    python complete_entropy_workflow.py --quick_demo --data builtin:code --entropy_data_fraction 0.01,0.1,1.0
 
-Steps: corpus -> whole-document split -> entropy model (trained here on the training documents with
---train_entropy, or loaded) -> thresholds calibrated to --target_patch_size on training documents ->
-six runs, each trained to the same training-FLOP budget (3 x forward FLOPs per byte x bytes trained):
-    byte                   plain transformer over bytes (template_llm.py)
-    bpe                    the same over a byte-level BPE learned from the training documents
-    blt-static             BLT, fixed patches of round(target) bytes
-    blt-space              BLT, a patch after each run of non-word bytes
-    blt-entropy-global     BLT, a patch where H[i] > threshold
-    blt-entropy-monotonic  BLT, a patch where H[i] - H[i-1] > threshold
--> held-out bits per byte for each; DIR/results.md, DIR/results.json and plots in DIR.
-The study's settings are StudyConfig's fields (each a flag); --quick_demo is a smaller corpus and budget.
-
-The BLT paper's claim (Pagnoni et al. 2024): entropy patching matches token models' bits per byte at
-equal training FLOPs, and needs fewer inference FLOPs per byte as patches grow.
+Protocol (DESIGN.md, "The comparison protocol"):
+- Runs (--runs): byte and bpe (template_llm.py, a plain transformer over bytes or a BPE learned from the
+  training documents), blt-static[-N] (fixed patches of N bytes, default 4), blt-space, and
+  blt-entropy-[METHOD-]SIZE (METHOD global (default), monotonic or global_monotonic, its thresholds
+  calibrated on training documents to SIZE bytes per patch).
+- Equal context: every model trains on rows covering context_bytes bytes (BPE: context_bytes x its measured
+  tokens per byte tokens) and scores each held-out document in windows of its row length overlapping by
+  half, so every scored byte has half a row of context, or the whole document before it.
+- Matched inference FLOPs (default): F = the BPE baseline's forward FLOPs per byte; the byte baseline's
+  width and depth, and the BLT's global model (beside light local models of width blt_local_dim), are
+  sized so that every run lands within 10% of F. The entropy model's cost is reported apart.
+- Budgets: each (run, budget, seed) trains from scratch to its budget with its own cosine schedule:
+  steps = budget / (3 x forward FLOPs per byte x batch_size x context_bytes).
+- Uncertainty: BPB with a 95% bootstrap interval over held-out documents; BLT minus BPE with a paired
+  interval on the same documents; --seeds N changes init and data order (the entropy model and the BPE
+  tokenizer are trained once, with the first seed, and shared). An interval holding 0: "no difference".
+- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality):
+  starts on word boundaries, boundary enrichment under the study's entropy model as the reference byte
+  model (its -log p of each byte), and patch size mean, median and coefficient of variation.
+- --domains A,B: the whole study per domain (OUT/<domain>/), then one table of runs by domains (BPB and its
+  gap to BPE with intervals; domains.md, domains.json, domains.png).
+- --entropy_data_fraction F1,F2,..: entropy models trained (same steps) on the first F of the training
+  bytes, and one on --entropy_other_data's training documents; for each, its held-out BPB on this corpus,
+  the patch statistics and the BLT's held-out BPB at the first budget (OUT/entropy_data.md and .json).
+Everything the study trains goes under --out, with results.md, results.json and plots; an existing model
+there is refused unless --overwrite.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -36,137 +55,433 @@ import numpy as np
 import entropy_llm
 import template_llm as tl
 import train_blt as tb
+from blt_model import BLTConfig, flops_per_byte
 from byte_data import DataError, load_corpus, split_documents
 from common import add_config_args, config_from_dict, config_overrides, pick_device, write_report
-from patch_pictures import plot_entropies
-from save_entropy_model import CheckpointError, load_entropy_model
+from patch_pictures import boundary_quality, plot_entropies
+from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model
 
-RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-global", "blt-entropy-monotonic")
-BLT_METHODS = {"blt-static": "static", "blt-space": "space", "blt-entropy-global": "global",
-                "blt-entropy-monotonic": "monotonic"}
+RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-4.5", "blt-entropy-6", "blt-entropy-8")
+ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")
+LN2 = math.log(2)
+MATCH_TOLERANCE = 0.10  # every run's forward FLOPs per byte within 10% of the BPE baseline's
 
 
 @dataclass
 class StudyConfig:
-    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
-    flops_budget: float = 4e13  # training FLOPs of every run (3 x forward), matched by the step count
-    target_patch_size: float = 4.5  # bytes per patch the entropy thresholds are calibrated to
+    max_bytes: int = 2_500_000  # corpus cap in bytes, before the train/val split
+    flops_budgets: str = "4e13"  # comma-separated training FLOPs per run; each budget a separate set of runs
+    context_bytes: int = 1024  # bytes every model's training rows (and scoring windows) cover
+    batch_size: int = 8  # rows of context_bytes per optimizer step, every model
+    match_inference_flops: bool = True  # size every model to the BPE baseline's forward FLOPs per byte
+    blt_local_dim: int = 64  # width of the BLT's one encoder and one decoder layer when matching FLOPs
     bpe_vocab_size: int = 4096  # vocabulary of the BPE baseline
-    eval_points: int = 4  # held-out evaluations per run, for the BPB-vs-FLOPs curve
-    template_preset: str = "cpu"  # model size of the byte and BPE baselines (template_llm.TEMPLATE_PRESETS)
-    blt_preset: str = "cpu"  # model size of the BLT runs (blt_model.BLT_PRESETS)
+    template_preset: str = "cpu"  # size of the BPE baseline (and byte baseline unmatched): TEMPLATE_PRESETS
+    blt_preset: str = "cpu"  # BLT size unmatched; matched, its hash tables and local window (BLT_PRESETS)
     entropy_preset: str = "cpu"  # entropy model size with --train_entropy (entropy_llm.ENTROPY_PRESETS)
     entropy_steps: int = 0  # entropy model training steps with --train_entropy (0: entropy_llm's default)
-    seed: int = 1337  # every run's init and data order
+    seed: int = 1337  # the first seed: init and data order of every run
+    seeds: int = 1  # seeds seed..seed+seeds-1, each a separate run of every (run, budget)
+    bootstrap_reps: int = 2000  # bootstrap resamples of the held-out documents
 
     def __post_init__(self):
-        if self.flops_budget <= 0 or self.target_patch_size < 1 or self.eval_points < 1:
-            raise ValueError("flops_budget must be positive, target_patch_size >= 1, eval_points >= 1")
+        if any(b <= 0 for b in self.budgets) or not self.budgets:
+            raise ValueError(f"flops_budgets must be positive numbers, got {self.flops_budgets!r}")
+        if min(self.context_bytes, self.batch_size, self.seeds, self.bootstrap_reps, self.blt_local_dim) < 1:
+            raise ValueError("context_bytes, batch_size, seeds, bootstrap_reps, blt_local_dim must be >= 1")
         if self.entropy_steps < 0:
             raise ValueError("entropy_steps must not be negative")
 
-
-# --quick_demo: a 1 MB corpus and 1e13 training FLOPs a run (about 15 minutes on a laptop CPU)
-QUICK_DEMO = dict(max_bytes=1_000_000, flops_budget=1e13)
-
-
-def steps_for(budget: float, flops_per_step: float) -> int:
-    """Optimizer steps that spend `budget` training FLOPs at flops_per_step each (at least one)."""
-    return max(1, round(budget / flops_per_step))
+    @property
+    def budgets(self) -> list[float]:
+        try:
+            return [float(b) for b in str(self.flops_budgets).split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"flops_budgets: not a comma-separated list: {self.flops_budgets!r}") from None
 
 
-def schedule(steps: int, eval_points: int) -> dict:
-    """Warmup, evaluation and checkpoint intervals for a run of `steps` steps."""
-    return dict(max_steps=steps, warmup_steps=max(1, min(100, steps // 10)),
-                eval_interval=max(1, steps // eval_points), ckpt_interval=0, eval_max_bytes=10**12)
+# --quick_demo: 1 MB (about 270 KB held out), one budget, five runs, a tiny entropy model: ~11 min on 2 cores
+QUICK_DEMO = dict(max_bytes=1_000_000, flops_budgets="1e12", batch_size=4, entropy_preset="tiny",
+                  entropy_steps=300)
+QUICK_RUNS = ("byte", "bpe", "blt-space", "blt-entropy-4.5", "blt-entropy-8")
 
 
-def run_template(name: str, study: StudyConfig, train_docs, val_docs, out_dir: str, device) -> dict:
-    """The byte or BPE baseline, trained to the study's FLOP budget."""
-    tokenizer = "bytes" if name == "byte" else "bpe"
-    extra = {"vocab_size": study.bpe_vocab_size} if tokenizer == "bpe" else {}
-    cfg = tl.build_config(study.template_preset, tokenizer=tokenizer, seed=study.seed, **extra)
-    tok = tl.build_tokenizer(cfg, train_docs)
-    train_bytes = sum(map(len, train_docs))
-    tokens_per_byte = sum(map(len, tl.encode_all(tok, train_docs))) / train_bytes
-    per_step = 3 * tl.flops_per_token(cfg) * cfg.batch_size * cfg.max_seq_len
-    cfg = dataclasses.replace(cfg, **schedule(steps_for(study.flops_budget, per_step), study.eval_points))
-    out = os.path.join(out_dir, f"{name}.pth")
-    rep = tl.train_template(cfg, train_docs, val_docs, out, device, tokenizer=tok)
-    curve = [(e["step"] * per_step, e["val_bpb"]) for e in rep["evals"]]
-    return {"name": name, "val_bpb": rep["val_bpb"], "mean_patch_size": 1 / tokens_per_byte,
+def parse_run(name: str) -> dict:
+    """What a run name asks for: {"tokenizer"} for the baselines, {"method", "size"} for a BLT."""
+    if name in ("byte", "bpe"):
+        return {"tokenizer": "bytes" if name == "byte" else "bpe"}
+    if name == "blt-space":
+        return {"method": "space", "size": None}
+    if m := re.fullmatch(r"blt-static(?:-(\d+))?", name):
+        return {"method": "static", "size": int(m.group(1) or 4)}
+    if m := re.fullmatch(r"blt-entropy-(?:(global|monotonic|global_monotonic)-)?(\d+(?:\.\d+)?)", name):
+        if float(m.group(2)) >= 1:
+            return {"method": m.group(1) or "global", "size": float(m.group(2))}
+    raise ValueError(f"unknown run {name!r}: byte, bpe, blt-static[-N], blt-space or "
+                     "blt-entropy-[global-|monotonic-|global_monotonic-]SIZE")
+
+
+def checkpoint_path(out_dir: str, name: str, budget: float, seed: int) -> str:
+    return os.path.join(out_dir, f"{name}-{budget:g}-seed{seed}.pth")
+
+
+def steps_for(budget: float, fwd_flops_per_byte: float, batch_size: int, context_bytes: int) -> int:
+    """Optimizer steps spending `budget` training FLOPs (3 x forward) on batch_size rows of context_bytes."""
+    return max(1, round(budget / (3 * fwd_flops_per_byte * batch_size * context_bytes)))
+
+
+def schedule(steps: int, seed: int) -> dict:
+    """A run's own schedule: warmup, cosine to its last step, one evaluation at the end, one checkpoint."""
+    return dict(max_steps=steps, warmup_steps=min(100, steps // 10), eval_interval=0, ckpt_interval=0,
+                seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Matched inference FLOPs: size a model so that its forward FLOPs per byte sit at a target
+
+
+def size_byte_lm(target: float, context_bytes: int) -> tuple[dict, float]:
+    """(d_model, n_heads, n_layers) of a byte transformer closest to `target` FLOPs/byte at this context,
+    heads of 32, with a mild preference for width/depth near 64."""
+    best = None
+    for layers in range(1, 13):
+        for dim in range(32, 1025, 32):
+            cfg = tl.TemplateConfig(tokenizer="bytes", d_model=dim, n_heads=dim // 32, n_layers=layers,
+                                    max_seq_len=context_bytes)
+            f = tl.flops_per_byte(cfg)
+            score = abs(math.log(f / target)) + 0.01 * abs(math.log2(dim / layers / 64))
+            if best is None or score < best[0]:
+                best = (score, dict(d_model=dim, n_heads=dim // 32, n_layers=layers), f)
+    return best[1], best[2]
+
+
+def size_blt(target: float, mean_patch_size: float, base: BLTConfig, local_dim: int = 64,
+             head_dim: int = 32) -> tuple[BLTConfig, float]:
+    """`base` (its hash tables, local window and row length kept) with light local models (one encoder and
+    one decoder layer of width local_dim) and the global model whose width (a multiple of 64) and depth
+    (1..24, width/depth 32..256) bring forward FLOPs/byte at this mean patch size closest to `target`."""
+    best = None
+    heads = max(1, local_dim // head_dim)
+    for layers in range(1, 25):
+        for dim in range(64, 2049, 64):
+            if not 32 <= dim / layers <= 256:
+                continue
+            cfg = dataclasses.replace(base, encoder_layers=1, encoder_dim=local_dim, encoder_heads=heads,
+                                      decoder_layers=1, decoder_dim=local_dim, decoder_heads=heads,
+                                      global_layers=layers, global_dim=dim, global_heads=dim // 64)
+            f = flops_per_byte(cfg, mean_patch_size)
+            score = abs(math.log(f / target)) + 0.01 * abs(math.log2(dim / layers / 96))
+            if best is None or score < best[0]:
+                best = (score, cfg, f)
+    return best[1], best[2]
+
+
+def check_matched(name: str, f: float, target: float):
+    if abs(f / target - 1) > MATCH_TOLERANCE:
+        raise ValueError(f"{name}: {f:.3g} forward FLOPs/byte is not within 10% of the BPE baseline's "
+                         f"{target:.3g}; change --blt_local_dim or --context_bytes, or "
+                         "--match_inference_flops false")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Uncertainty: bootstrap over held-out documents
+
+
+def bootstrap_counts(n_docs: int, reps: int, seed: int) -> np.ndarray:
+    """(reps, n_docs) multiplicities of each held-out document in each bootstrap resample."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=reps).astype(np.float64)
+
+
+def bpb_interval(doc_nats, doc_bytes, reps: int = 2000, seed: int = 0, level: float = 0.95):
+    """(bpb, lo, hi): bits per byte over the documents and a percentile bootstrap interval over documents."""
+    nats, nbytes = np.asarray(doc_nats, np.float64), np.asarray(doc_bytes, np.float64)
+    counts = bootstrap_counts(len(nats), reps, seed)
+    boot = (counts @ nats) / (LN2 * (counts @ nbytes))
+    q = (1 - level) / 2
+    lo, hi = np.quantile(boot, [q, 1 - q])
+    return float(nats.sum() / (LN2 * nbytes.sum())), float(lo), float(hi)
+
+
+def paired_difference(doc_nats_a, doc_nats_b, doc_bytes, reps: int = 2000, seed: int = 0,
+                      level: float = 0.95):
+    """(d, lo, hi) for d = BPB(a) - BPB(b) on the same documents, resampled together (paired)."""
+    diff = np.asarray(doc_nats_a, np.float64) - np.asarray(doc_nats_b, np.float64)
+    return bpb_interval(diff, doc_bytes, reps, seed, level)
+
+
+def verdict(lo: float, hi: float) -> str:
+    return "no difference" if lo <= 0 <= hi else ("better than BPE" if hi < 0 else "worse than BPE")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The runs
+
+
+@dataclass
+class Setup:
+    """What every run of the study shares: the split, the BPE tokenizer, the target and the BLTs' data."""
+
+    train_docs: list[bytes]
+    val_docs: list[bytes]
+    tokenizer: object  # the BPE, learned once from the training documents
+    tokens_per_byte: float
+    target: float  # the BPE baseline's forward FLOPs per byte
+    datasets: dict  # BLT run name -> tb.PatchedDataset
+
+
+def template_config(name: str, study: StudyConfig, setup: Setup) -> tl.TemplateConfig:
+    bpe = name == "bpe"
+    sizes = {}
+    if bpe:
+        sizes = dict(vocab_size=study.bpe_vocab_size,
+                     max_seq_len=max(1, round(study.context_bytes * setup.tokens_per_byte)))
+    elif study.match_inference_flops:
+        sizes = dict(size_byte_lm(setup.target, study.context_bytes)[0], max_seq_len=study.context_bytes)
+    else:
+        sizes = dict(max_seq_len=study.context_bytes)
+    return tl.build_config(study.template_preset, tokenizer="bpe" if bpe else "bytes",
+                           batch_size=study.batch_size, **sizes)
+
+
+def blt_config(name: str, study: StudyConfig, setup: Setup) -> BLTConfig:
+    base = tb.model_config(study.blt_preset, max_seq_len=study.context_bytes)
+    if not study.match_inference_flops:
+        return base
+    return size_blt(setup.target, setup.datasets[name].mean_patch_size, base, study.blt_local_dim)[0]
+
+
+def run_one(name: str, budget: float, seed: int, study: StudyConfig, setup: Setup, out_dir: str,
+            device) -> dict:
+    """One run trained from scratch to `budget` with this seed; its record, with per-document nats."""
+    t0 = time.perf_counter()
+    ckpt = checkpoint_path(out_dir, name, budget, seed)
+    if name in ("byte", "bpe"):
+        cfg = template_config(name, study, setup)
+        tpb = setup.tokens_per_byte if name == "bpe" else 1.0
+        fpb = tl.flops_per_byte(cfg, tpb)
+        cfg = dataclasses.replace(cfg, **schedule(steps_for(budget, fpb, study.batch_size,
+                                                            study.context_bytes), seed))
+        rep = tl.train_template(cfg, setup.train_docs, setup.val_docs, ckpt, device,
+                                tokenizer=setup.tokenizer if name == "bpe" else None, per_document=True)
+        extra = {"mean_patch_size": 1 / tpb, "params_no_hash": rep["params"], "tokens_per_byte": tpb,
+                 "patching_flops_per_byte": 0.0, "model_config": dataclasses.asdict(cfg)}
+        extra["model_config"] = {k: extra["model_config"][k] for k in
+                                 ("tokenizer", "vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len")}
+    else:
+        ds = setup.datasets[name]
+        mcfg = blt_config(name, study, setup)
+        fpb = flops_per_byte(mcfg, ds.mean_patch_size)
+        steps = steps_for(budget, fpb, study.batch_size, study.context_bytes)
+        tcfg = tb.train_config(batch_size=study.batch_size, **schedule(steps, seed))
+        rep = tb.train_blt(tb.build_model(mcfg, seed), ds, tcfg, ckpt, device, per_document=True)
+        cfg = tcfg
+        extra = {"mean_patch_size": rep["mean_patch_size"], "params_no_hash": rep["params_without_hash"],
+                 "patching_flops_per_byte": setup.datasets[name].patching_flops_per_byte,
+                 "entropy_threshold": rep["entropy_threshold"], "model_config": dataclasses.asdict(mcfg)}
+    if len(rep["doc_nats"]) != len(setup.val_docs):
+        raise RuntimeError(f"{name}: scored {len(rep['doc_nats'])} held-out documents, not "
+                           f"{len(setup.val_docs)}")
+    bpb, lo, hi = bpb_interval(rep["doc_nats"], rep["doc_bytes"], study.bootstrap_reps, study.seed)
+    return {"name": name, "budget": budget, "seed": seed, "val_bpb": bpb, "bpb_ci": [lo, hi], **extra,
             "flops_per_byte": rep["flops_per_byte"], "train_flops": rep["train_flops"],
-            "params": rep["params"],
-            "bytes_per_s": rep["bytes_per_s"], "steps": cfg.max_steps, "curve": curve,
-            "tokens_per_byte": tokens_per_byte, "checkpoint": rep["checkpoint"]}
+            "steps": cfg.max_steps,
+            "context_bytes": study.context_bytes, "batch_size": study.batch_size,
+            "bytes_seen": cfg.max_steps * study.batch_size * study.context_bytes, "params": rep["params"],
+            "bytes_per_s": rep["bytes_per_s"], "checkpoint": ckpt, "wall_s": time.perf_counter() - t0,
+            "doc_nats": np.asarray(rep["doc_nats"], np.float64)}
 
 
-def run_blt(name: str, study: StudyConfig, docs, entropy_model, entropy_path, out_dir: str, device
-            ) -> tuple[dict, tb.PatchedDataset]:
-    """A BLT with this run's patching, trained to the study's FLOP budget; also returns its dataset."""
-    method = BLT_METHODS[name]
-    pcfg = tb.patch_config(method=method, target_patch_size=study.target_patch_size,
-                           patch_size=max(1, round(study.target_patch_size)))
-    ds = tb.prepare_dataset(docs, pcfg, entropy_model if pcfg.needs_entropy else None, entropy_path)
-    model = tb.build_model(tb.model_config(study.blt_preset), study.seed)
-    T = model.config.max_seq_len
-    base = tb.train_config(seed=study.seed)
-    per_step = 3 * model.flops_per_byte(ds.mean_patch_size, T) * base.batch_size * T
-    cfg = dataclasses.replace(base, **schedule(steps_for(study.flops_budget, per_step), study.eval_points))
-    rep = tb.train_blt(model, ds, cfg, os.path.join(out_dir, f"{name}.pth"), device)
-    curve = [(e["step"] * per_step, e["val_bpb"]) for e in rep["evals"]]
-    return ({"name": name, "val_bpb": rep["val_bpb"], "mean_patch_size": rep["mean_patch_size"],
-             "flops_per_byte": rep["flops_per_byte"], "train_flops": rep["train_flops"],
-             "params": rep["params"],
-             "bytes_per_s": rep["bytes_per_s"], "steps": cfg.max_steps, "curve": curve,
-             "entropy_threshold": rep["entropy_threshold"],
-             "patching_flops_per_byte": rep["patching_flops_per_byte"], "checkpoint": rep["checkpoint"]}, ds)
+def entropy_facts(path: str, model, train_docs: list[bytes]) -> dict:
+    """The entropy model's costs: training FLOPs (3 x forward per byte x bytes it trained on, from its
+    checkpoint's training state) and patching FLOPs per byte (forward per byte x the bytes its scoring
+    windows compute per byte kept: entropy_llm.entropy_windows over the training documents)."""
+    cfg, fpb = model.config, entropy_llm.flops_per_byte(model.config)
+    if cfg.sliding_window:  # one pass, every byte computed once
+        overlap = 1.0
+    else:  # full attention in windows overlapping by half
+        computed = sum(e - s for d in train_docs
+                       for s, _, e in entropy_llm.entropy_windows(len(d), cfg.max_seq_len))
+        overlap = computed / max(1, sum(map(len, train_docs)))
+    train = (load_checkpoint(path, "entropy_llm")["_extra_state"].get("train") or {}).get("config") or {}
+    seen = train.get("max_steps", 0) * train.get("batch_size", 0) * cfg.train_row_len or None
+    return {"checkpoint": os.path.abspath(path), "params": sum(p.numel() for p in model.parameters()),
+            "flops_per_byte": fpb, "bytes_trained": seen, "train_flops": 3 * fpb * seen if seen else None,
+            "window_overlap": overlap, "patching_flops_per_byte": fpb * overlap}
+
+
+def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir, patching_fpb=0.0
+            ) -> Setup:
+    """The split, the BPE (once), its tokens per byte, the FLOP target and every BLT run's patched data."""
+    train_docs, val_docs = split_documents(docs)
+    if not val_docs:
+        raise DataError("the corpus is too small to hold out any documents")
+    cfg = tl.build_config(study.template_preset, tokenizer="bpe", vocab_size=study.bpe_vocab_size)
+    tokenizer = tl.build_tokenizer(cfg, train_docs)
+    tpb = sum(map(len, tl.encode_all(tokenizer, train_docs))) / sum(map(len, train_docs))
+    cfg = dataclasses.replace(cfg, max_seq_len=max(1, round(study.context_bytes * tpb)))
+    setup = Setup(train_docs, val_docs, tokenizer, tpb, tl.flops_per_byte(cfg, tpb), {})
+    for name in runs:
+        if "method" not in (spec := parse_run(name)):
+            continue
+        size = spec["size"] or 4.5
+        pcfg = tb.patch_config(method=spec["method"], target_patch_size=size, patch_size=max(1, round(size)),
+                               cache_dir=os.path.join(out_dir, "patch_cache"),
+                               max_patch_size=min(64, study.context_bytes))
+        ds = tb.prepare_dataset(docs, pcfg, entropy_model if pcfg.needs_entropy else None, entropy_path)
+        ds.patching_flops_per_byte = patching_fpb if pcfg.needs_entropy else 0.0
+        setup.datasets[name] = ds
+    return setup
+
+
+def check_sizes(study: StudyConfig, setup: Setup, runs) -> dict:
+    """Forward FLOPs per byte of every run; with matched FLOPs, each must be within 10% of the target."""
+    out = {}
+    for name in runs:
+        if name in ("byte", "bpe"):
+            out[name] = tl.flops_per_byte(template_config(name, study, setup),
+                                          setup.tokens_per_byte if name == "bpe" else 1.0)
+        else:
+            out[name] = flops_per_byte(blt_config(name, study, setup), setup.datasets[name].mean_patch_size)
+        if study.match_inference_flops:
+            check_matched(name, out[name], setup.target)
+    return out
+
+
+def summarize(results: list[dict], study: StudyConfig, doc_bytes) -> list[dict]:
+    """Per (run name, budget) over seeds: mean BPB, seed std, intervals of the seed-averaged per-document
+    nats and of their paired difference from BPE's (seed-averaged too)."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["name"], r["budget"]), []).append(r)
+    out = []
+    for (name, budget), rs in groups.items():
+        nats = np.mean([r["doc_nats"] for r in rs], axis=0)
+        _, lo, hi = bpb_interval(nats, doc_bytes, study.bootstrap_reps, study.seed)
+        bpbs = [r["val_bpb"] for r in rs]
+        s = {"name": name, "budget": budget, "seeds": [r["seed"] for r in rs],
+             "val_bpb": float(np.mean(bpbs)),
+             "val_bpb_std": float(np.std(bpbs, ddof=1)) if len(rs) > 1 else None, "bpb_ci": [lo, hi],
+             **{k: float(np.mean([r[k] for r in rs])) for k in
+                ("flops_per_byte", "train_flops", "bytes_seen", "params", "mean_patch_size",
+                 "patching_flops_per_byte")},
+             "diff_vs_bpe": None, "diff_ci": None, "verdict": None}
+        bpe = groups.get(("bpe", budget))
+        if bpe and name != "bpe":
+            d, lo, hi = paired_difference(nats, np.mean([r["doc_nats"] for r in bpe], axis=0), doc_bytes,
+                                          study.bootstrap_reps, study.seed)
+            s.update(diff_vs_bpe=d, diff_ci=[lo, hi], verdict=verdict(lo, hi))
+        out.append(s)
+    return out
+
+
+def headline(summary: list[dict]) -> list[str]:
+    """The BLT-minus-BPE gap at each budget, with its interval, and how it moves with the budget."""
+    lines = []
+    for name in dict.fromkeys(s["name"] for s in summary if s["name"].startswith("blt")):
+        pts = sorted((s for s in summary if s["name"] == name and s["diff_vs_bpe"] is not None),
+                     key=lambda s: s["budget"])
+        if not pts:
+            continue
+        gaps = "; ".join(f"{s['budget']:.3g} FLOPs: {s['diff_vs_bpe']:+.4f} [{s['diff_ci'][0]:+.4f}, "
+                         f"{s['diff_ci'][1]:+.4f}] ({s['verdict']})" for s in pts)
+        move = ""
+        if len(pts) > 1:
+            move = (f"; from the smallest budget to the largest the gap moves by "
+                    f"{pts[-1]['diff_vs_bpe'] - pts[0]['diff_vs_bpe']:+.4f}")
+        lines.append(f"{name} minus BPE, bits per byte: {gaps}{move}")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------
 # Results: table, JSON, plots
 
 
-def results_markdown(runs: list[dict], study: StudyConfig, command: str) -> str:
-    lines = ["# Comparison at matched training compute", "",
-             f"`{command}`", "",
-             f"Corpus cap {study.max_bytes:,} bytes; training budget {study.flops_budget:.3g} FLOPs per run; "
-             f"entropy thresholds calibrated to {study.target_patch_size} bytes per patch on training "
-             f"documents; BPB on held-out documents never trained on.", "",
-             "| run | params | mean patch (bytes) | training FLOPs | inference FLOPs/byte | held-out BPB "
-             "| train bytes/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['mean_patch_size']:.2f} | "
-                     f"{r['train_flops']:.3g} | {r['flops_per_byte'] / 1e6:.2f}M | {r['val_bpb']:.4f} | "
-                     f"{r['bytes_per_s']:,.0f} |")
-    ent = [r for r in runs if r.get("patching_flops_per_byte")]
-    if ent:
-        cost = ent[0]["patching_flops_per_byte"] / 1e6
-        lines += ["", f"Entropy patching costs a further {cost:.2f}M FLOPs per byte (the entropy model's "
-                      "forward pass, windows overlapping by half), not counted above."]
+def fmt_ci(ci) -> str:
+    return "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def results_markdown(summary: list[dict], info: dict, study: StudyConfig, command: str) -> str:
+    ent = info["entropy_model"]
+    lines = ["# Entropy patches against tokens: matched training FLOPs, inference FLOPs per byte and context",
+             "", f"`{command}`", "",
+             f"{info['train_docs']} training documents ({info['train_bytes']:,} bytes), {info['val_docs']} "
+             f"held-out documents ({info['val_bytes']:,} bytes, never trained on by any model). Every model "
+             f"trains on rows of {study.context_bytes} bytes (BPE: {info['bpe_row_tokens']} tokens at "
+             f"{info['tokens_per_byte']:.3f} tokens per byte), {study.batch_size} rows a step, and scores "
+             "each held-out document in windows of its row length overlapping by half (every scored byte "
+             "has half a row of context, or the whole document before it), in fp32. "
+             + (f"Forward FLOPs per byte matched to the BPE baseline's {info['target_flops_per_byte']:.3g} "
+                "(within 10%; the entropy model's cost apart). " if study.match_inference_flops else "")
+             + f"Seeds {info['seeds']}: init and data order (the entropy model and the BPE are trained once, "
+             f"shared). Intervals: 95%, bootstrap over held-out documents ({study.bootstrap_reps} "
+             "resamples); "
+             "'minus BPE' is paired on the same documents; an interval that holds 0 is 'no difference'.", ""]
+    for budget in study.budgets:
+        rows = [s for s in summary if s["budget"] == budget]
+        lines += [f"## Training budget {budget:.3g} FLOPs per run", "",
+                  "| run | params | mean patch (bytes) | fwd FLOPs/byte | training FLOPs | bytes seen "
+                  "| held-out BPB [95% CI] | minus BPE [95% CI] | verdict |",
+                  "|---|---:|---:|---:|---:|---:|---|---|---|"]
+        for s in rows:
+            std = f" ± {s['val_bpb_std']:.4f}" if s["val_bpb_std"] is not None else ""
+            diff = "" if s["diff_vs_bpe"] is None else f"{s['diff_vs_bpe']:+.4f} {fmt_ci(s['diff_ci'])}"
+            lines.append(f"| {s['name']} | {s['params'] / 1e6:.2f}M | {s['mean_patch_size']:.2f} | "
+                         f"{s['flops_per_byte'] / 1e6:.3f}M | {s['train_flops']:.3g} | "
+                         f"{s['bytes_seen']:,.0f} | "
+                         f"{s['val_bpb']:.4f}{std} {fmt_ci(s['bpb_ci'])} | {diff} | {s['verdict'] or ''} |")
+        lines.append("")
+    etrain = ent.get("train_flops") or 0.0
+    lines += ["## Costs with the entropy model", "",
+              f"Entropy model: {ent.get('params', 0):,} params, "
+              + (f"{etrain:.3g} training FLOPs (charged in full to every entropy run below), " if etrain else
+                 "training FLOPs unknown, ")
+              + f"{ent.get('patching_flops_per_byte', 0) / 1e6:.3f}M patching FLOPs per byte.", "",
+              "| run | budget | fwd FLOPs/byte | patching FLOPs/byte | incl. patching | training FLOPs "
+              "| entropy model training | incl. entropy model |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        p = s["patching_flops_per_byte"]
+        e = etrain if p else 0.0
+        lines.append(f"| {s['name']} | {s['budget']:.3g} | {s['flops_per_byte'] / 1e6:.3f}M | "
+                     f"{p / 1e6:.3f}M | "
+                     f"{(s['flops_per_byte'] + p) / 1e6:.3f}M | {s['train_flops']:.3g} | {e:.3g} | "
+                     f"{s['train_flops'] + e:.3g} |")
+    lines += boundary_markdown(info["boundary"], info["boundary_reference"])
+    lines += ["", "## Headline", ""] + [f"- {h}" for h in info["headline"]]
     return "\n".join(lines) + "\n"
 
 
-def plot_study(runs: list[dict], datasets: dict, out_dir: str, paragraph=None) -> list[str]:
-    """BPB against training FLOPs, patch-size histograms, and one held-out paragraph's entropies."""
+def plot_study(summary: list[dict], datasets: dict, out_dir: str, paragraph=None) -> list[str]:
+    """BPB against training FLOPs, the gap to BPE against budget, patch sizes, a held-out paragraph."""
     from matplotlib.figure import Figure
 
+    names = list(dict.fromkeys(s["name"] for s in summary))
     paths = []
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for r in runs:
-        xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax.plot(xs, ys, marker="o", label=f"{r['name']} ({r['val_bpb']:.3f})")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("held-out bits per byte")
-    ax.set_title("Held-out BPB against training compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "bpb_vs_flops.png"))
-    fig.savefig(paths[-1], dpi=120)
-
+    for what, fname in (("val_bpb", "bpb_vs_flops.png"), ("diff_vs_bpe", "gap_vs_budget.png")):
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.add_subplot()
+        for k, name in enumerate(names):
+            pts = sorted((s for s in summary if s["name"] == name and s[what] is not None),
+                         key=lambda s: s["budget"])
+            if not pts:
+                continue
+            ci = "bpb_ci" if what == "val_bpb" else "diff_ci"
+            ys = np.array([s[what] for s in pts])
+            err = np.abs(np.array([s[ci] for s in pts]).T - ys)
+            xs = [s["train_flops"] if what == "val_bpb" else s["budget"] for s in pts]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name, color=f"C{k}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs per run" if what == "val_bpb" else "training budget (FLOPs)")
+        ax.set_ylabel("held-out bits per byte" if what == "val_bpb" else "BPB minus BPE's (bits per byte)")
+        if what == "diff_vs_bpe":
+            ax.axhline(0, color="k", lw=0.8)
+        ax.set_title("Held-out BPB against training compute (95% CI)" if what == "val_bpb" else
+                     "Gap to the BPE baseline (paired 95% CI; below 0: better than BPE)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, fname))
+        fig.savefig(paths[-1], dpi=120)
     if datasets:
         fig = Figure(figsize=(3.2 * len(datasets), 3))
         for k, (name, ds) in enumerate(datasets.items()):
@@ -178,7 +493,6 @@ def plot_study(runs: list[dict], datasets: dict, out_dir: str, paragraph=None) -
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "patch_sizes.png"))
         fig.savefig(paths[-1], dpi=120)
-
     if paragraph is not None:
         data, H, lengths, threshold = paragraph
         paths.append(os.path.join(out_dir, "entropy_patches.png"))
@@ -188,7 +502,7 @@ def plot_study(runs: list[dict], datasets: dict, out_dir: str, paragraph=None) -
 
 
 def held_out_paragraph(ds, entropy_model, max_len: int = 160):
-    """A paragraph of a held-out document (after its first blank line), its entropies and global patches."""
+    """A paragraph of a held-out document (after its first blank line), its entropies and patches."""
     idx = next((i for i, d in enumerate(ds.val_docs) if b"\n\n" in d[:4000]), 0)
     doc = ds.val_docs[idx]
     starts = tb.patch_starts(ds.val_lengths[idx])
@@ -202,58 +516,249 @@ def held_out_paragraph(ds, entropy_model, max_len: int = 160):
 # ----------------------------------------------------------------------------------------------------
 
 
-def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: str, train_entropy: bool,
-              quick_demo: bool, device=None, runs=RUN_NAMES, command: str = "", text_field: str | None = None
-              ) -> dict:
-    os.makedirs(out_dir, exist_ok=True)
+def refuse_existing(paths: list[str], overwrite: bool):
+    """The study replaces no model it finds in place (hours of training), unless --overwrite."""
+    found = [p for p in paths if os.path.exists(p)]
+    if found and not overwrite:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValueError(f"{found[0]}{more} exists; the study will not replace it: pick another --out, or "
+                         "add --overwrite")
+
+
+def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: str | None = None,
+              train_entropy: bool = False, quick_demo: bool = False, device=None, runs=RUN_NAMES,
+              command: str = "", text_field: str | None = None, overwrite: bool = False,
+              reference=None) -> dict:
+    """Train every (run, budget, seed) and write results.md, results.json and plots under out_dir.
+
+    With train_entropy the entropy model is written to entropy_model_path, by default out_dir's
+    entropy_model.pth; without, entropy_model_path (default entropy_model.pth) is read, never written.
+    reference: the byte model of boundary enrichment (default: the study's entropy model)."""
     t_start = time.perf_counter()
+    runs = sorted(runs, key=lambda n: n != "bpe")  # BPE first: every other run is compared with it
+    for name in runs:
+        parse_run(name)
+    seeds = [study.seed + k for k in range(study.seeds)]
+    needs_entropy = any(parse_run(r).get("method") in ENTROPY_METHODS for r in runs)
+    if entropy_model_path is None:
+        entropy_model_path = (os.path.join(out_dir, "entropy_model.pth") if train_entropy
+                              else "entropy_model.pth")
+    planned = [checkpoint_path(out_dir, n, b, s) for b in study.budgets for s in seeds for n in runs]
+    refuse_existing(planned + ([entropy_model_path] if needs_entropy and train_entropy else []), overwrite)
+    os.makedirs(out_dir, exist_ok=True)
     docs = load_corpus(data, study.max_bytes, text_field=text_field)
     train_docs, val_docs = split_documents(docs)
     print(f"study: {len(train_docs)} training documents ({sum(map(len, train_docs)):,} bytes), "
-          f"{len(val_docs)} held-out ({sum(map(len, val_docs)):,} bytes); budget {study.flops_budget:.3g} "
-          f"training FLOPs per run")
+          f"{len(val_docs)} held-out ({sum(map(len, val_docs)):,} bytes); budgets "
+          f"{', '.join(f'{b:.3g}' for b in study.budgets)} training FLOPs; seeds {seeds}")
     entropy_model, entropy_info = None, {}
-    if any(BLT_METHODS.get(r) in ("global", "monotonic") for r in runs):
+    if needs_entropy:
         if train_entropy:
             steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
             ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed,
                                             **steps)
             erep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, entropy_model_path, device)
-            entropy_info = {k: erep[k] for k in ("val_bpb", "params", "bytes_per_s", "flops_per_byte")}
+            entropy_info = {"val_bpb": erep["val_bpb"], "trained_here": True}
         elif not os.path.exists(entropy_model_path):
             raise CheckpointError(f"{entropy_model_path}: no such file; add --train_entropy to train one on "
                                   "this corpus's training documents")
         entropy_model = load_entropy_model(entropy_model_path, pick_device(device))
-        entropy_info["checkpoint"] = os.path.abspath(entropy_model_path)
+        entropy_info.update(entropy_facts(entropy_model_path, entropy_model, train_docs))
+    setup = prepare(study, docs, runs, entropy_model, os.path.abspath(entropy_model_path), out_dir,
+                    entropy_info.get("patching_flops_per_byte", 0.0))
+    fpb = check_sizes(study, setup, runs)
+    reference = reference if reference is not None else entropy_model
+    boundary = boundary_figures(setup.datasets, reference)
+    print("forward FLOPs per byte: " + ", ".join(f"{n} {f / 1e6:.3f}M" for n, f in fpb.items())
+          + f" (BPE target {setup.target / 1e6:.3f}M)")
 
-    results, datasets = [], {}
-    for name in runs:
-        print(f"\n=== {name} ===")
-        t0 = time.perf_counter()
-        if name in BLT_METHODS:
-            r, ds = run_blt(name, study, docs, entropy_model, os.path.abspath(entropy_model_path), out_dir,
-                            device)
-            datasets[name] = ds
-        else:
-            r = run_template(name, study, train_docs, val_docs, out_dir, device)
-        r["wall_s"] = time.perf_counter() - t0
-        results.append(r)
-        print(f"{name}: held-out {r['val_bpb']:.4f} BPB, {r['train_flops']:.3g} training FLOPs, "
-              f"{r['wall_s']:.0f}s")
-    budgets = [r["train_flops"] for r in results]
-    spread = (max(budgets) - min(budgets)) / study.flops_budget
-    paragraph = None
-    if "blt-entropy-global" in datasets:
-        paragraph = held_out_paragraph(datasets["blt-entropy-global"], entropy_model)
-    plots = plot_study(results, datasets, out_dir, paragraph)
-    summary = {"runs": results, "study": dataclasses.asdict(study), "data": data,
-               "entropy_model": entropy_info,
-               "budget_spread": spread, "plots": [os.path.basename(p) for p in plots],
-               "wall_s": time.perf_counter() - t_start, "command": command}
+    results = []
+    for budget in study.budgets:
+        for seed in seeds:
+            for name in runs:
+                print(f"\n=== {name}, budget {budget:.3g} FLOPs, seed {seed} ===")
+                r = run_one(name, budget, seed, study, setup, out_dir, device)
+                r["boundary"] = boundary.get(name)
+                results.append(r)
+                print(f"{name}: held-out {r['val_bpb']:.4f} BPB {fmt_ci(r['bpb_ci'])}, {r['steps']} steps, "
+                      f"{r['train_flops']:.3g} training FLOPs, {r['wall_s']:.0f}s")
+    doc_bytes = np.array([len(d) for d in setup.val_docs], dtype=np.float64)
+    by_key = {(r["name"], r["budget"], r["seed"]): r for r in results}
+    for r in results:
+        bpe = by_key.get(("bpe", r["budget"], r["seed"]))
+        r["diff_vs_bpe"] = r["diff_ci"] = None
+        if bpe is not None and r["name"] != "bpe":
+            d, lo, hi = paired_difference(r["doc_nats"], bpe["doc_nats"], doc_bytes, study.bootstrap_reps,
+                                          study.seed)
+            r["diff_vs_bpe"], r["diff_ci"] = d, [lo, hi]
+    summary = summarize(results, study, doc_bytes)
+    entropy_runs = [n for n in setup.datasets if setup.datasets[n].patch_config.needs_entropy]
+    paragraph = held_out_paragraph(setup.datasets[entropy_runs[0]], entropy_model) if entropy_runs else None
+    plots = plot_study(summary, setup.datasets, out_dir, paragraph)
+    info = {"runs": [{k: v for k, v in r.items() if k != "doc_nats"} for r in results], "summary": summary,
+            "entropy_model": entropy_info, "headline": headline(summary), "study": dataclasses.asdict(study),
+            "data": data, "seeds": seeds, "train_docs": len(setup.train_docs),
+            "val_docs": len(setup.val_docs),
+            "train_bytes": sum(map(len, setup.train_docs)), "val_bytes": int(doc_bytes.sum()),
+            "tokens_per_byte": setup.tokens_per_byte, "target_flops_per_byte": setup.target,
+            "bpe_row_tokens": max(1, round(study.context_bytes * setup.tokens_per_byte)),
+            "plots": [os.path.basename(p) for p in plots], "command": command, "boundary": boundary,
+            "boundary_reference": None if reference is None else "the study's entropy model"}
+    info["wall_s"] = time.perf_counter() - t_start
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(results_markdown(results, study, command))
-    write_report(os.path.join(out_dir, "results.json"), summary)
+        f.write(results_markdown(summary, info, study, command))
+    write_report(os.path.join(out_dir, "results.json"), info)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------
+# The seed's research questions: boundary quality, domains, the entropy model's data
+
+
+def boundary_figures(datasets: dict, reference) -> dict:
+    """Boundary quality of each BLT run's patches of the held-out documents; the surprisal of enrichment
+    is -log p of each byte under `reference` (None: no enrichment)."""
+    val = next(iter(datasets.values())).val_docs if datasets else []
+    surprisal = (entropy_llm.score_bytes(reference, val, want_nll=True)[1]
+                 if reference is not None and val else None)
+    return {name: boundary_quality(ds.val_docs, ds.val_lengths, surprisal) for name, ds in datasets.items()}
+
+
+def num(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def boundary_markdown(boundary: dict, reference) -> list[str]:
+    if not boundary:
+        return []
+    lines = ["", "## Boundary quality (held-out documents)", "",
+             f"Enrichment: mean surprisal of patch-start bytes over that of the other bytes, under "
+             f"{reference or 'no reference model (no entropy model in this study)'}; a document's first "
+             "byte is left out. Word boundaries: starts that cut no word (chance: the share of all bytes).",
+             "",
+             "| run | mean patch | median | CV | starts on word boundaries (chance) | enrichment |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, b in boundary.items():
+        lines.append(f"| {name} | {b['mean_patch_size']:.2f} | {b['median_patch_size']:.1f} | "
+                     f"{b['patch_size_cv']:.2f} | {num(b['word_boundary_fraction'])} "
+                     f"({num(b['word_boundary_base_rate'])}) | {num(b['boundary_enrichment'])} |")
+    return lines
+
+
+def slug(data: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", data).strip("_") or "data"
+
+
+def run_domains(domains: list[str], out_dir: str, train_entropy: bool, entropy_model_path, **kw) -> dict:
+    """The same study per domain (OUT/<domain>), then one table and plot of runs by domains."""
+    infos = {d: run_study(data=d, out_dir=os.path.join(out_dir, slug(d)), train_entropy=train_entropy,
+                          entropy_model_path=entropy_model_path, **kw) for d in domains}
+    budget = kw["study"].budgets[0]
+    cells = {d: {s["name"]: s for s in info["summary"] if s["budget"] == budget} for d, info in infos.items()}
+    names = list(dict.fromkeys(n for c in cells.values() for n in c))
+    lines = [f"# Runs by domain ({budget:.3g} training FLOPs): held-out BPB [95% CI]; minus BPE [95% CI]",
+             "", f"`{kw.get('command', '')}`", "", "Each domain is a separate study (its own split, BPE, "
+             "entropy model, FLOP matching): see its folder's results.md.", "",
+             "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for n in names:
+        row = []
+        for d in domains:
+            c = cells[d].get(n)
+            gap = "" if not c or c["diff_vs_bpe"] is None else \
+                f"; {c['diff_vs_bpe']:+.4f} {fmt_ci(c['diff_ci'])} {c['verdict']}"
+            row.append("-" if not c else f"{c['val_bpb']:.4f} {fmt_ci(c['bpb_ci'])}{gap}")
+        lines.append(f"| {n} | " + " | ".join(row) + " |")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "domains.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_domains(cells, names, os.path.join(out_dir, "domains.png"))
+    summary = {"domains": {d: {"summary": i["summary"], "boundary": i["boundary"], "wall_s": i["wall_s"],
+                               "entropy_model": i["entropy_model"]} for d, i in infos.items()},
+               "budget": budget, "plots": ["domains.png"], "command": kw.get("command", "")}
+    write_report(os.path.join(out_dir, "domains.json"), summary)
     return summary
+
+
+def plot_domains(cells: dict, names: list[str], path: str):
+    """Held-out BPB and the gap to BPE per run, one colour per domain, with 95% intervals."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 6.5))
+    for row, (key, ci, label) in enumerate((("val_bpb", "bpb_ci", "held-out bits per byte"),
+                                            ("diff_vs_bpe", "diff_ci", "minus BPE (bits per byte)"))):
+        ax = fig.add_subplot(2, 1, row + 1)
+        for k, (d, c) in enumerate(cells.items()):
+            pts = [(j, c[n]) for j, n in enumerate(names) if n in c and c[n][key] is not None]
+            if pts:
+                xs = [j + (k - (len(cells) - 1) / 2) * 0.8 / len(cells) for j, _ in pts]
+                ys = np.array([v[key] for _, v in pts])
+                err = np.abs(np.array([v[ci] for _, v in pts]).T - ys)
+                ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=f"C{k}", label=d)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if row:
+            ax.axhline(0, color="k", lw=0.8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: list[float], other, runs,
+                     device=None, overwrite=False, text_field=None, command: str = "", quick_demo=False
+                     ) -> dict:
+    """Entropy models on the first F of the training bytes (each F, the same steps) and on `other`'s
+    training documents; for each its held-out BPB on `data`, then one BLT run (the first entropy run of
+    `runs`) at the first budget. Boundary enrichment is read under the model of the largest fraction."""
+    run = next((r for r in runs if parse_run(r).get("method") in ENTROPY_METHODS), "blt-entropy-4.5")
+    study = dataclasses.replace(study, flops_budgets=str(study.budgets[0]), seeds=1)
+    train_docs, val_docs = split_documents(load_corpus(data, study.max_bytes, text_field=text_field))
+    total = sum(map(len, train_docs))
+    sources = [(f"{100 * f:g}% of {data}", entropy_llm.cap_bytes(train_docs, max(1, int(f * total))))
+               for f in sorted(fractions)]
+    if other:
+        sources.append((f"{other} (other domain)", split_documents(load_corpus(other, study.max_bytes))[0]))
+    steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
+    ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed, **steps)
+    paths = [os.path.join(out_dir, f"entropy-{slug(label)}.pth") for label, _ in sources]
+    refuse_existing(paths, overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for (label, docs), path in zip(sources, paths):
+        print(f"\n=== entropy model on {label}: {sum(map(len, docs)):,} bytes ===")
+        erep = entropy_llm.train_entropy_model(ecfg, docs, val_docs, path, device)
+        rows.append({"entropy_data": label, "entropy_train_bytes": sum(map(len, docs)), "checkpoint": path,
+                     "entropy_val_bpb": erep["val_bpb"]})
+    reference = load_entropy_model(paths[len(fractions) - 1], pick_device(device))
+    for row, (label, _) in zip(rows, sources):
+        info = run_study(study, data, os.path.join(out_dir, slug(label)), row["checkpoint"], runs=[run],
+                         device=device, overwrite=overwrite, text_field=text_field, reference=reference,
+                         command=command)
+        r = info["runs"][0]
+        keys = ("val_bpb", "bpb_ci", "entropy_threshold", "mean_patch_size", "boundary")
+        row.update(run=run, **{k: r[k] for k in keys})
+    lines = [f"# The entropy model's data: {data}, {run} at {study.budgets[0]:.3g} training FLOPs", "",
+             f"`{command}`", "", f"Entropy models: {ecfg.d_model} x {ecfg.n_layers}, {ecfg.max_steps} "
+             "steps each; held-out BPB on this corpus's held-out documents. Enrichment under the model of "
+             "the largest fraction.", "",
+             "| entropy model trained on | bytes | its held-out BPB | threshold | mean patch (training) | "
+             "CV (held-out) | word boundaries | enrichment | BLT held-out BPB [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        b = r["boundary"]
+        lines.append(f"| {r['entropy_data']} | {r['entropy_train_bytes']:,} | {r['entropy_val_bpb']:.4f} | "
+                     f"{r['entropy_threshold']:.3f} | {r['mean_patch_size']:.2f} | {b['patch_size_cv']:.2f} "
+                     f"| {num(b['word_boundary_fraction'])} | {num(b['boundary_enrichment'])} | "
+                     f"{r['val_bpb']:.4f} {fmt_ci(r['bpb_ci'])} |")
+    with open(os.path.join(out_dir, "entropy_data.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    info = {"entropy_data": rows, "run": run, "budget": study.budgets[0], "command": command, "plots": []}
+    write_report(os.path.join(out_dir, "entropy_data.json"), info)
+    return info
+
+
+OTHER_DOMAIN = {"builtin:code": "builtin:prose", "builtin:prose": "builtin:code"}
 
 
 def main(argv=None):
@@ -261,35 +766,67 @@ def main(argv=None):
     p.add_argument("--data", default="builtin", help="builtin | builtin:code | builtin:prose | file | "
                    "folder | .jsonl/.parquet/.arrow file | hf:NAME[:CONFIG] (default: builtin)")
     p.add_argument("--text_field", default=None, help="text column of a datasets source (default: text)")
-    p.add_argument("--out", default="runs/study", help="folder for checkpoints, results.md/json and plots")
-    p.add_argument("--quick_demo", action="store_true", help="a smaller corpus and budget: ~15 min on a CPU")
-    p.add_argument("--train_entropy", action="store_true", help="train the entropy model (training docs)")
-    p.add_argument("--entropy_model_path", default="entropy_model.pth",
-                   help="the entropy model of the BLTs' patcher: loaded, or written with --train_entropy")
-    p.add_argument("--runs", default=",".join(RUN_NAMES),
-                   help="comma-separated subset of " + ", ".join(RUN_NAMES))
+    p.add_argument("--out", default="runs/study", help="folder for every model the study trains, "
+                   "results.md/json and plots (default: runs/study)")
+    p.add_argument("--quick_demo", action="store_true",
+                   help=f"{QUICK_DEMO['max_bytes']:,} bytes, one budget ({QUICK_DEMO['flops_budgets']}), "
+                        "runs "
+                        f"{','.join(QUICK_RUNS)}: ~11 min on a 2-core CPU")
+    p.add_argument("--train_entropy", action="store_true",
+                   help="train the entropy model on the training documents, into OUT/entropy_model.pth")
+    p.add_argument("--entropy_model_path", default=None,
+                   help="the BLTs' entropy model: read (default entropy_model.pth), or written with "
+                        "--train_entropy (default OUT/entropy_model.pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace models already in --out")
+    p.add_argument("--runs", default=None, help="comma-separated: byte, bpe, blt-static[-N], blt-space, "
+                   f"blt-entropy-[METHOD-]SIZE (default: {','.join(RUN_NAMES)})")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
     p.add_argument("--report", default=None, help="also write results.json's content here")
-    add_config_args(p, StudyConfig)
+    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), and "
+                   "one table of runs by domains")
+    p.add_argument("--entropy_data_fraction", help="comma-separated fractions of the training bytes, e.g. "
+                   "0.01,0.1,1.0: the entropy model's data study instead of the runs")
+    p.add_argument("--entropy_other_data", help="that study's other-domain corpus (default: the other of "
+                   "builtin:code and builtin:prose)")
+    add_config_args(p, StudyConfig, aliases={"flops_budgets": ("flops_budget",)})
     args = p.parse_args(argv)
-    runs = tuple(r.strip() for r in args.runs.split(",") if r.strip())
-    unknown = [r for r in runs if r not in RUN_NAMES]
-    if unknown:
-        p.error(f"unknown runs: {', '.join(unknown)}")
+    runs = args.runs.split(",") if args.runs else (QUICK_RUNS if args.quick_demo else RUN_NAMES)
+    runs = tuple(dict.fromkeys(r.strip() for r in runs if r.strip()))
+    for r in runs:
+        try:
+            parse_run(r)
+        except ValueError as e:
+            p.error(str(e))
     try:
         study = config_from_dict(StudyConfig, QUICK_DEMO if args.quick_demo else {},
                                  **config_overrides(args, StudyConfig))
         command = "python complete_entropy_workflow.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        summary = run_study(study, args.data, args.out, args.entropy_model_path, args.train_entropy,
-                            args.quick_demo, args.device, runs, command.strip(), args.text_field)
+        kw = dict(study=study, quick_demo=args.quick_demo, device=args.device, runs=runs,
+                  command=command.strip(), text_field=args.text_field, overwrite=args.overwrite)
+        t0, name = time.perf_counter(), "results"
+        if args.entropy_data_fraction:
+            fractions = [float(f) for f in args.entropy_data_fraction.split(",") if f.strip()]
+            if not fractions or not all(0 < f <= 1 for f in fractions) or args.domains:
+                p.error("--entropy_data_fraction takes fractions in (0, 1] and one --data (not --domains)")
+            other = args.entropy_other_data or OTHER_DOMAIN.get(args.data)
+            info, name = run_entropy_data(data=args.data, out_dir=args.out, fractions=fractions, other=other,
+                                          **kw), "entropy_data"
+        elif args.domains:
+            if args.train_entropy and args.entropy_model_path:
+                p.error("with --domains and --train_entropy each domain's model goes to OUT/<domain>/")
+            info, name = run_domains(args.domains.split(","), args.out, args.train_entropy,
+                                     args.entropy_model_path, **kw), "domains"
+        else:
+            info = run_study(data=args.data, out_dir=args.out, entropy_model_path=args.entropy_model_path,
+                             train_entropy=args.train_entropy, **kw)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
-    print(open(os.path.join(args.out, "results.md")).read())
-    print(f"wrote {args.out}/results.md, results.json, {', '.join(summary['plots'])} "
-          f"(budgets within {100 * summary['budget_spread']:.1f}%; {summary['wall_s'] / 60:.1f} min)")
-    write_report(args.report, summary)
+    print(open(os.path.join(args.out, f"{name}.md")).read())
+    print(f"wrote {args.out}/{name}.md, {', '.join([f'{name}.json'] + info['plots'])} "
+          f"({(time.perf_counter() - t0) / 60:.1f} min)")
+    write_report(args.report, info)
     return 0
 
 

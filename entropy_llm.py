@@ -36,11 +36,19 @@ from common import (
     TrainFields,
     add_config_args,
     add_run_args,
+    block_flops_per_token,
+    causal_context,
+    check_batch_size,
+    check_run_args,
+    check_split,
+    config_from_dict,
     config_overrides,
     count_params,
+    data_digest,
     is_main_process,
     lm_flops_per_token,
     make_optimizer,
+    mlp_hidden,
     pick_device,
     preset_config,
     resume_path,
@@ -48,7 +56,15 @@ from common import (
     write_report,
 )
 from save_entropy_model import CheckpointError, load_entropy_model
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    Interrupted,
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_run,
+    setup_distributed,
+    train,
+)
 
 
 @dataclass
@@ -57,13 +73,29 @@ class EntropyConfig(TrainFields):
     d_model: int = 128  # width of the residual stream
     n_heads: int = 4  # attention heads (d_model / n_heads = head dim, even for rotary)
     n_layers: int = 4  # transformer blocks
-    max_seq_len: int = 256  # bytes per training window, and the window of compute_entropies
+    max_seq_len: int = 256  # W: each layer attends to the W-1 positions up to its own (sliding window)
     vocab_size: int = 256  # byte values 0..255; fixed
+    sliding_window: bool = True  # False: full attention in fixed windows of W (checkpoints from before)
+    row_len: int = 0  # bytes per training row with the sliding window (0 = 4 x max_seq_len)
+    # training rows are 4 windows long, so 8 rows a step train on the bytes 32 windows of W did before
+    batch_size: int = 8  # rows of train_row_len bytes per optimizer step (global, over all processes)
 
     def __post_init__(self):
         if self.vocab_size != 256:
             raise ValueError("vocab_size is 256: the entropy model reads and predicts raw bytes")
         self.check_lm_sizes()
+        if self.row_len < 0:
+            raise ValueError("row_len must not be negative")
+
+    @property
+    def train_row_len(self) -> int:
+        """Bytes per training row: longer than the window with it (BLT paper), else one window."""
+        return (self.row_len or 4 * self.max_seq_len) if self.sliding_window else self.max_seq_len
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EntropyConfig:
+        """A checkpoint's config; one saved before the sliding window had full attention in windows."""
+        return config_from_dict(cls, {"sliding_window": False, **d})
 
 
 # Model sizes (--preset). "cpu" is the default; "seed" is the seed README's model, meant for a GPU.
@@ -91,7 +123,11 @@ class MinimalLLM(CausalLM):
 def flops_per_byte(config: EntropyConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per byte: the blocks at mean causal context, plus the 256-way head."""
     seq_len = seq_len or config.max_seq_len
-    return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len)
+    if not config.sliding_window:
+        return lm_flops_per_token(config.d_model, config.n_layers, config.vocab_size, seq_len)
+    context = causal_context(seq_len, config.max_seq_len - 1)  # each layer: the W-1 positions up to its own
+    return config.n_layers * block_flops_per_token(config.d_model, mlp_hidden(config.d_model), context) \
+        + 2 * config.d_model * config.vocab_size
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,11 +159,14 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
     logits[:, t] predict id t. Sequences longer than the model's window are scored in overlapping
     windows (see entropy_windows); windows of all sequences share batches, each in its own row.
     """
+    check_batch_size(batch_size)
     model.eval()
     W = model.config.max_seq_len
     device = next(model.parameters()).device
     arrays = [np.frombuffer(s, dtype=np.uint8) if isinstance(s, (bytes, bytearray)) else np.asarray(s)
               for s in seqs]
+    if getattr(model, "window", None):
+        return score_windowed(model, arrays, batch_size * W, want_nll, show_progress, unit)
     ent = [np.zeros(len(a), dtype=np.float32) for a in arrays]
     nll = [np.zeros(len(a), dtype=np.float64) for a in arrays] if want_nll else None
     jobs = [(i, *w) for i, a in enumerate(arrays) if len(a) for w in entropy_windows(len(a), W)]
@@ -155,6 +194,69 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
     return (ent, nll) if want_nll else ent
 
 
+def entropy_of(logits):
+    """(..., V) logits -> (..., V) log-probabilities (fp32) and (...) entropies in nats."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp, -(logp.exp() * logp).sum(-1)
+
+
+@torch.inference_mode()
+def score_windowed(model, arrays, slice_len: int, want_nll: bool, show_progress: bool | None, unit: str):
+    """score_sequences for a sliding-window model: one pass, each position computed once.
+
+    The sequences are laid end to end in one row, each padded to whole chunks (model.chunk), and run in
+    slices of about slice_len positions; each slice continues the previous one's keys and values
+    (model.window_blocks), and a chunk never reads keys before its own sequence's start.
+    """
+    Q, back = model.chunk, model.back
+    device = next(model.parameters()).device
+    lens = np.array([len(a) for a in arrays], dtype=np.int64)
+    padded = -(-lens // Q) * Q
+    offs = np.concatenate([[0], np.cumsum(padded)])  # where each sequence starts in the row
+    total_pos = int(offs[-1])
+    ids = np.zeros(total_pos, dtype=np.int64)  # input of position p: the id before it
+    first = np.zeros(total_pos // Q, dtype=np.int64)  # first chunk of each chunk's sequence
+    starts = np.zeros(total_pos, dtype=bool)
+    for i, a in enumerate(arrays):
+        o = offs[i]
+        if len(a):
+            ids[o + 1:o + len(a)] = a[:-1]
+            starts[o] = True
+        first[o // Q:offs[i + 1] // Q] = o // Q
+    ent = [np.zeros(n, dtype=np.float32) for n in lens]
+    nll = [np.zeros(n, dtype=np.float64) for n in lens] if want_nll else None
+    h_all = np.zeros(total_pos, dtype=np.float32)
+    nl_all = np.zeros(total_pos, dtype=np.float64) if want_nll else None
+    tgt = np.zeros(total_pos, dtype=np.int64)
+    for i, a in enumerate(arrays):
+        tgt[offs[i]:offs[i] + len(a)] = a
+    if show_progress is None:
+        show_progress = int(lens.sum()) > 1_000_000
+    bar = tqdm(total=total_pos, desc="scoring", unit=unit, unit_scale=True, disable=not show_progress)
+    step = max(Q, slice_len // Q * Q)
+    carries, j = None, torch.arange(back + 1, device=device)
+    for s in range(0, total_pos, step):
+        e = min(s + step, total_pos)
+        x = model.embed(torch.from_numpy(ids[s:e]).to(device)).unsqueeze(0)  # (1, L, C)
+        st = torch.from_numpy(starts[s:e]).to(device)
+        x[0, st] = model.start.to(x.dtype)  # a sequence's first position reads the start vector
+        g = torch.arange(s // Q, e // Q, device=device).view(-1, 1)  # (S, 1) chunk index in the row
+        ok = g - back + j >= torch.from_numpy(first[s // Q:e // Q]).to(device).view(-1, 1)  # (S, back+1)
+        h, carries = model.window_blocks(x, ok, carries)
+        logp, H = entropy_of(model.head(model.norm(h)))  # (1, L, V), (1, L)
+        h_all[s:e] = H[0].cpu().numpy()
+        if want_nll:
+            t = torch.from_numpy(tgt[s:e]).to(device).view(1, -1, 1)
+            nl_all[s:e] = -logp.gather(-1, t)[0, :, 0].double().cpu().numpy()
+        bar.update(e - s)  # positions, chunk padding included
+    bar.close()
+    for i, n in enumerate(lens):
+        ent[i][:] = h_all[offs[i]:offs[i] + n]
+        if want_nll:
+            nll[i][:] = nl_all[offs[i]:offs[i] + n]
+    return (ent, nll) if want_nll else ent
+
+
 def score_bytes(model: MinimalLLM, docs: list[bytes], batch_size: int = 32, want_nll: bool = False,
                 show_progress: bool | None = None):
     """Per document: entropy H[i] (nats, float32) and, with want_nll, -log p(byte i) (nats, float64)."""
@@ -170,6 +272,7 @@ def compute_entropies(model: MinimalLLM, data, batch_size: int | None = None,
     """
     if batch_size is None:
         batch_size = 64 if next(model.parameters()).device.type == "cuda" else 8
+    check_batch_size(batch_size)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return score_bytes(model, [bytes(data)], batch_size, show_progress=show_progress)[0]
     return score_bytes(model, [bytes(d) for d in data], batch_size, show_progress=show_progress)
@@ -211,9 +314,11 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
         seed_everything(config.seed)
         model = MinimalLLM(config).to(device)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start = resume_from(resume, model, optimizer, config) if resume else 0
+        meta = {"train_bytes": sum(map(len, train_docs)), "train_documents": document_digests(train_docs),
+                "train_data": data_digest(train_docs)}
+        history = resume_run(resume, model, optimizer, config, meta) if resume else {"step": 0}
         trained = maybe_compile(distribute(model, dist), compile)
-        windows = ByteWindows(train_docs, config.max_seq_len, seed=config.seed)
+        windows = ByteWindows(train_docs, config.train_row_len, seed=config.seed)  # rows: train_row_len
         train_bytes = int(windows.lengths.sum())
 
         def evaluate(step):  # intermediate evaluations score a prefix of the held-out documents
@@ -225,16 +330,17 @@ def train_entropy_model(config: EntropyConfig, train_docs: list[bytes], val_docs
             print(f"entropy model: {count_params(model):,} params, train {len(train_docs)} docs "
                   f"{train_bytes:,} bytes, val {len(val_docs)} docs {sum(map(len, val_docs)):,} bytes, "
                   f"device {device}, {dist.world_size} process(es)")
-        meta = {"train_bytes": train_bytes, "train_documents": document_digests(train_docs)}
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
-                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
-                       desc="entropy LM")
+                       start_step=history["step"], evaluate=evaluate if val_docs else None, meta=meta,
+                       bytes_per_step=config.batch_size // dist.world_size * config.train_row_len,
+                       desc="entropy LM", history=history)
         final = result["evals"][-1] if result["evals"] else {}
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "train_bytes": train_bytes, "params": count_params(model),
                 "bytes_per_s": result["bytes_per_s"], "train_loss": result["loss"],
                 "flops_per_byte": flops_per_byte(config), "checkpoint": out, "steps": config.max_steps,
-                "evals": result["evals"], "config": dataclasses.asdict(config)}
+                "evals": result["evals"], "config": dataclasses.asdict(config),
+                "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
 
@@ -251,10 +357,11 @@ def main(argv=None):
                  quick_help="fewer steps and bytes: a few minutes on a CPU")
     add_config_args(p, EntropyConfig)
     args = p.parse_args(argv)
+    if args.eval and not args.checkpoint:
+        p.error("--eval needs --checkpoint")
     try:
+        check_run_args(args)
         if args.eval:
-            if not args.checkpoint:
-                p.error("--eval needs --checkpoint")
             model = load_entropy_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
@@ -266,12 +373,20 @@ def main(argv=None):
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, EntropyConfig))
             docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
             train_docs, val_docs = split_documents(docs)
+            check_split(train_docs, val_docs, args.data)
             report = train_entropy_model(config, train_docs, val_docs, args.out, args.device,
                                          resume_path(args), args.compile)
             if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
-            print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
+            done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+            print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
                   f"{report['bytes_per_s']:,.0f} training bytes/s; saved {args.out}")
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -299,6 +414,7 @@ class EntropyStream:
     def __init__(self, model):
         self.model = model.eval()
         self.W = model.config.max_seq_len
+        self.rings = model.new_rings() if getattr(model, "window", None) else None  # sliding window
         self.history = bytearray()  # every byte pushed
         self.window_start = -1  # first byte of the window in the cache (-1: none yet)
         self.fed = 0  # bytes of history in the cache, as an absolute position
@@ -310,6 +426,8 @@ class EntropyStream:
 
     @torch.inference_mode()
     def next_entropy(self) -> float:
+        if self.rings is not None:
+            return self.next_windowed()
         i = len(self.history)
         s = entropy_windows(i + 1, self.W)[-1][0]  # the window that scores byte i
         m, dev = self.model, next(self.model.parameters()).device
@@ -322,3 +440,19 @@ class EntropyStream:
             self.fed = i
         logp = F.log_softmax(self.logits.float(), dim=-1)
         return float(-(logp.exp() * logp).sum())  # float32 nats, as compute_entropies stores them
+
+    def next_windowed(self) -> float:
+        """Sliding window: the positions not yet fed go through window_step one at a time, each with the
+        rows score_windowed gives it, so the entropy has the same bits as compute_entropies'."""
+        m, i = self.model, len(self.history)
+        dev = next(m.parameters()).device
+        while self.fed <= i:  # position p reads byte p-1 (the start vector at p = 0)
+            p = self.fed
+            h = m._start(1) if p == 0 else m.embed(torch.tensor([[self.history[p - 1]]], device=dev))
+            h = torch.cat([h, h.new_zeros(1, WINDOW_STEP_ROWS - 1, h.size(-1))], dim=1)  # (1, R, C)
+            self.logits = m.window_step(h, self.rings, p)  # (1, R, V)
+            self.fed = p + 1
+        return float(entropy_of(self.logits)[1][0, 0])  # float32 nats, as compute_entropies stores them
+
+
+WINDOW_STEP_ROWS = 16  # a one-position step is padded to 16 rows: BLAS takes another path below ~12

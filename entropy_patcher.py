@@ -20,8 +20,14 @@ last is >= the minimum, and the lengths sum to the number of bytes.
 Causality: whether byte i starts a patch depends on bytes < i only (H[i] is a function of bytes < i), so
 the same rule runs byte by byte while generating (PatchStream). `space` is the causal form of SpaceByte's
 rule (Slagle 2024): byte i starts a patch when byte i-1 is space-like and byte i-2 is not. Word bytes are
-ASCII letters and digits and every byte >= 0x80 (a UTF-8 character is never split); the document start
-counts as space-like. b"hello, world" -> b"hello," b" world".
+ASCII letters and digits, `_` and every byte >= 0x80 (patch_pictures.WORD_BYTE; a UTF-8 character is never
+split); the document start counts as space-like. b"hello, world" -> b"hello," b" world".
+
+Ensembles (the seed's "multiple entropy models"): EntropyPatcher([m1, m2, ...], combine=...) patches on one
+score per byte made from several entropy models, and every rule above reads it in place of H: the mean or
+the max of their H_k[i], or "js", the Jensen-Shannon divergence of their next-byte distributions (their
+disagreement, in nats). Each H_k[i] depends on bytes < i only, so the combined score does too; thresholds
+are calibrated on it; its cost is the sum of its models' (patching_flops_per_byte).
 
 Worked example (global, threshold 1.0, min_patch_size 2):
 
@@ -43,6 +49,11 @@ Shape letters: N bytes of one document, B rows of a batch, T bytes per row, P pa
     python entropy_patcher.py --entropy_model_path entropy_model.pth --target_patch_size 4.5 \
         --method global_monotonic
     python entropy_patcher.py --method space --text "no entropy model needed for space patching"
+    python entropy_patcher.py --checkpoint a.pth --checkpoint b.pth --combine js --target_patch_size 4.5
+Per-domain thresholds (entropy distribution, global and monotonic thresholds per target patch size, and
+how a threshold calibrated on one domain patches another; a histogram per domain):
+    python entropy_patcher.py analyze --checkpoint entropy_model.pth --data builtin:code \
+        --data builtin:prose --report analysis.json --plot analysis.png
 """
 from __future__ import annotations
 
@@ -59,11 +70,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from byte_data import DataError, load_corpus
+import entropy_llm
+from byte_data import DataError, load_corpus, split_documents
 from common import atomic_write, config_from_dict, pick_device, write_report
-from entropy_llm import EntropyStream, compute_entropies
-from patch_pictures import patch_statistics, plot_entropies, terminal_view, write_html
+from entropy_llm import EntropyStream, compute_entropies, entropy_windows
+from patch_pictures import (
+    WORD_BYTE,
+    format_analysis,
+    patch_statistics,
+    plot_entropies,
+    plot_entropy_histograms,
+    terminal_view,
+    write_html,
+)
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
 
 __all__ = ["patch_statistics"]  # re-exported: callers read the statistics from the patcher module
@@ -72,9 +94,8 @@ METHODS = ("global", "monotonic", "global_monotonic", "static", "space", "byte")
 ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")  # the methods that read H
 CACHE_FIELDS = ("cache_patches", "cache_dir")  # config fields that do not change the patches
 ANALYSIS_PATCH_SIZES = (2, 3, 4.5, 6, 8)  # target mean patch sizes of analyze_entropy_distribution
-
-# the `space` rule's word bytes (module docstring); every other byte is space-like
-WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b >= 0x80 for b in range(256)])  # (256,)
+ANALYSIS_METHODS = ("global", "monotonic")  # the one-threshold rules analyze_entropy_distribution calibrates
+COMBINES = ("mean", "max", "js")  # how an ensemble combines its models' scores (module docstring)
 
 
 @dataclass
@@ -89,7 +110,7 @@ class PatchConfig:
     min_patch_size: int = 4  # bytes; a start is ignored while the current patch is shorter (not static/byte)
     max_patch_size: int = 128  # bytes; a start is forced when the current patch reaches this length
     cache_patches: bool = True  # keep entropies on disk (cached_entropies), keyed by data + model + window
-    cache_dir: str = ".patch_cache"  # folder of that cache
+    cache_dir: str = ""  # folder of that cache ("": $BLT_CACHE_DIR, else ~/.cache/entropy-blt/entropies)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -297,7 +318,10 @@ class PatchStream:
                              "(calibrate first)")
         self.config = config
         self.lo, self.hi = config.size_bounds
-        self.entropy = EntropyStream(entropy_model) if config.needs_entropy else None
+        self.entropy = None
+        if config.needs_entropy:
+            ensemble = isinstance(entropy_model, EntropyEnsemble)
+            self.entropy = EnsembleStream(entropy_model) if ensemble else EntropyStream(entropy_model)
         self.position = 0  # index i of the next byte
         self.patch_length = 0  # bytes in the current (open) patch
         self.last = np.zeros(0, dtype=np.uint8)  # bytes i-2, i-1 (the space rule reads them)
@@ -340,7 +364,7 @@ class PatchStream:
         """Feed `data` (bytes); returns the start flag of each of its bytes. On a fresh stream this is the
         batch rule (entropies in one batched pass), after which the stream continues byte by byte."""
         data = bytes(data)
-        H = compute_entropies(self.entropy.model, data) if self.entropy is not None and data else None
+        H = document_entropies(self.entropy.model, [data])[0] if self.entropy is not None and data else None
         if self.position or self.decision is not None or not data:  # mid-sequence: byte by byte
             starts = []
             for i, b in enumerate(data):
@@ -353,9 +377,132 @@ class PatchStream:
         self.position, self.patch_length = len(data), int(lengths[-1])
         self.last = np.frombuffer(data[-2:], dtype=np.uint8).copy()
         self.prev_entropy = None if H is None else float(H[-1])
-        if self.entropy is not None:
-            self.entropy.history.extend(data)
+        for b in data if self.entropy is not None else ():
+            self.entropy.push(b)  # history only: the model runs when the next byte's score is asked for
         return flags.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ensembles: several entropy models, one score per byte
+
+
+@dataclass
+class EnsembleConfig:
+    combine: str  # one of COMBINES: how the models' scores make one
+    max_seq_len: int  # bytes; the longest window of its models (read by the entropy cache key)
+
+
+def combine_scores(per_model: list[np.ndarray], combine: str) -> np.ndarray:
+    """The models' H_k, each (N,) nats -> (N,) float32, their mean or max. The mean is summed in float64
+    in model order, so one byte at a time (EnsembleStream) gives the very same bits."""
+    if combine == "max":
+        return np.max(np.stack(per_model), axis=0).astype(np.float32)  # (N,)
+    total = np.zeros(len(per_model[0]))
+    for h in per_model:
+        total = total + np.asarray(h, dtype=np.float64)
+    return (total / len(per_model)).astype(np.float32)
+
+
+@torch.inference_mode()
+def window_js(models, row: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence (nats) of the models' next-byte distributions p_k at every position of
+    one window: H(mean_k p_k) - mean_k H(p_k), >= 0, 0 where they agree. row (T,) bytes -> (T,) float32;
+    position t reads row[:t] only (each model is causal), so what follows it never matters."""
+    x = torch.from_numpy(row).to(next(models[0].parameters()).device).view(1, -1)  # (1, T)
+    p = torch.stack([F.softmax(m(x)[0][0].float(), dim=-1) for m in models]).double()  # (K, T, V)
+
+    def entropy(q):  # (..., V) -> (...), nats
+        return -torch.special.xlogy(q, q).sum(-1)
+
+    return (entropy(p.mean(0)) - entropy(p).mean(0)).clamp_min(0).float().cpu().numpy()
+
+
+def js_scores(models, data: bytes) -> np.ndarray:
+    """window_js over one document in the windows of compute_entropies (entropy_windows: overlapping by
+    half), one window per forward, so EnsembleStream, which runs the window of each byte alone, agrees."""
+    W = models[0].config.max_seq_len
+    x = np.frombuffer(data, dtype=np.uint8)
+    out = np.zeros(len(x), dtype=np.float32)
+    for s, k0, k1 in entropy_windows(len(x), W):
+        row = np.zeros(W, dtype=np.int64)  # padded on the right: causal, so harmless
+        row[:min(W, len(x) - s)] = x[s:s + W]
+        out[k0:k1] = window_js(models, row)[k0 - s:k1 - s]
+    return out
+
+
+class EntropyEnsemble(nn.Module):
+    """Several entropy models read as one (module docstring, "Ensembles"): scores(docs) is the combined
+    score of every byte, what the rules read in place of H; EnsembleStream gives it one byte at a time.
+    An nn.Module, so model_fingerprint (the entropy cache key) covers every model's weights and config
+    and the combine rule (its extra state), and .to() moves them all."""
+
+    def __init__(self, models, combine: str = "mean"):
+        super().__init__()
+        models = list(models)
+        if combine not in COMBINES:
+            raise ValueError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
+        if not models or any(m is None for m in models):
+            raise ValueError("an ensemble needs entropy models, one or more")
+        windows = sorted({m.config.max_seq_len for m in models})
+        if combine == "js" and len(windows) > 1:
+            raise ValueError(f"combine='js' compares the models' distributions window by window: give models "
+                             f"of one max_seq_len, not {windows}")
+        self.models = nn.ModuleList(models)
+        self.config = EnsembleConfig(combine, windows[-1])
+
+    def get_extra_state(self):
+        return {"config": dataclasses.asdict(self.config)}
+
+    def set_extra_state(self, state):  # the config comes from the constructor; nothing to restore
+        pass
+
+    def scores(self, docs: list[bytes], batch_size: int | None = None, show_progress=None) -> list:
+        """The combined score (N,) float32 of each document."""
+        if self.config.combine == "js":
+            return [js_scores(list(self.models), d) for d in docs]
+        kw = {} if batch_size is None else {"batch_size": batch_size}
+        per_model = [compute_entropies(m, docs, show_progress=show_progress, **kw) for m in self.models]
+        return [combine_scores([h[k] for h in per_model], self.config.combine) for k in range(len(docs))]
+
+
+class EnsembleStream:
+    """EntropyStream's interface for an ensemble: push(byte); next_entropy() is the combined score of the
+    next byte, what EntropyEnsemble.scores gives (mean, max: one EntropyStream per model; js: the window
+    that scores the byte, run alone as js_scores runs it)."""
+
+    def __init__(self, ensemble: EntropyEnsemble):
+        self.model = ensemble.eval()
+        self.history = bytearray()  # every byte pushed
+        js = ensemble.config.combine == "js"
+        self.streams = [] if js else [EntropyStream(m) for m in ensemble.models]
+
+    def push(self, byte: int):
+        self.history.append(byte)
+        for s in self.streams:
+            s.push(byte)
+
+    def next_entropy(self) -> float:
+        c = self.model.config
+        if c.combine != "js":
+            return float(combine_scores([np.float32([s.next_entropy()]) for s in self.streams], c.combine)[0])
+        i, W = len(self.history), c.max_seq_len
+        s = entropy_windows(i + 1, W)[-1][0]  # the window that scores byte i
+        row = np.zeros(W, dtype=np.int64)
+        row[:i - s] = np.frombuffer(bytes(self.history[s:i]), dtype=np.uint8)
+        return float(window_js(list(self.model.models), row)[i - s])
+
+
+def load_entropy_models(paths: list[str], combine: str | None = None, device=None):
+    """The entropy model at paths[0], or, for several paths or a combine rule, their EntropyEnsemble."""
+    models = [load_entropy_model(p, device) for p in paths]
+    return models[0] if len(models) == 1 and combine is None else EntropyEnsemble(models, combine or "mean")
+
+
+def patching_flops_per_byte(entropy_model) -> float:
+    """Forward FLOPs per patched byte of an entropy model or ensemble (the sum of its models'): each model's
+    FLOPs per byte times 2, as its scoring windows overlap by half (entropy_windows)."""
+    models = entropy_model.models if isinstance(entropy_model, EntropyEnsemble) else [entropy_model]
+    return sum(2 * entropy_llm.flops_per_byte(m.config) for m in models)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -375,53 +522,102 @@ def documents(byte_sequences) -> list[bytes]:
 
 def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
                        show_progress=None) -> list[np.ndarray]:
-    """H for each document, from one batched compute_entropies call over all of them."""
+    """H for each document, from one batched compute_entropies call over all of them (an ensemble: its
+    combined score)."""
     if model is None:
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
     out = [np.zeros(0, dtype=np.float32) for _ in docs]
     idx = [k for k, d in enumerate(docs) if len(d)]
     if idx:
-        kwargs = {} if batch_size is None else {"batch_size": batch_size}
-        ents = compute_entropies(model, [docs[k] for k in idx], show_progress=show_progress, **kwargs)
+        todo = [docs[k] for k in idx]
+        if isinstance(model, EntropyEnsemble):
+            ents = model.scores(todo, batch_size, show_progress)
+        else:
+            kwargs = {} if batch_size is None else {"batch_size": batch_size}
+            ents = compute_entropies(model, todo, show_progress=show_progress, **kwargs)
         for k, h in zip(idx, ents):
             assert len(h) == len(docs[k]), f"compute_entropies gave {len(h)} values for {len(docs[k])} bytes"
             out[k] = h
     return out
 
 
+CACHE_ENV = "BLT_CACHE_DIR"  # where entropy caches go when no cache_dir is given
+
+
+def default_cache_dir() -> str:
+    """$BLT_CACHE_DIR, else the per-user cache ($XDG_CACHE_HOME or ~/.cache)/entropy-blt/entropies: never
+    the folder a command happens to run in (it may be read-only, or a source tree)."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "entropy-blt", "entropies")
+
+
 def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: str | None = None) -> str:
-    """cache_dir/LABEL-HASH.npy; HASH = sha256 over the documents (boundaries included), the entropy
+    """cache_dir/LABEL-HASH.npz; HASH = sha256 over the documents (boundaries included), the entropy
     model's fingerprint (weights and config) and its window. The label is for people, never the key."""
-    h = hashlib.sha256(b"entropies v2\0" + model_fingerprint(entropy_model).encode())
+    h = hashlib.sha256(b"entropies v3\0" + model_fingerprint(entropy_model).encode())
     h.update(int(entropy_model.config.max_seq_len).to_bytes(8, "little") + len(docs).to_bytes(8, "little"))
     for d in docs:  # lengths first, so document boundaries are part of the key
         h.update(len(d).to_bytes(8, "little") + d)
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:48] if label else "entropies"
-    return os.path.join(cache_dir, f"{label}-{h.hexdigest()[:32]}.npy")
+    return os.path.join(cache_dir or default_cache_dir(), f"{label}-{h.hexdigest()[:32]}.npz")
+
+
+def payload_checksum(flat: np.ndarray) -> str:
+    """SHA-256 of the entropies' bytes: a cache file carries it beside them, so bit-rot is caught."""
+    return hashlib.sha256(np.ascontiguousarray(flat, dtype=np.float32).tobytes()).hexdigest()
 
 
 def read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
-    """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed)."""
+    """The cached entropies, or None when the file is missing or cannot be trusted (then recomputed).
+
+    A cache file is an .npz of `entropies` (float32, every document's concatenated) and `sha256` (their
+    checksum); anything else (unreadable, another type such as a bare .npy, a wrong shape, a checksum that
+    does not match) is recomputed with a warning.
+    """
     if not os.path.exists(path):
         return None
     try:
-        flat = np.load(path, allow_pickle=False)
-        fits = (isinstance(flat, np.ndarray) and flat.dtype == np.float32
-                and flat.shape == (sum(map(len, docs)),) and bool(np.isfinite(flat).all()))
-        problem = None if fits else "does not fit the documents"
-    except Exception as e:  # truncated, empty, not numpy at all: a cache is recomputed, never trusted
-        problem = f"is unreadable ({type(e).__name__}: {e})"
+        with np.load(path, allow_pickle=False) as z:  # an .npy gives an array: no context manager -> caught
+            flat, stored = z["entropies"], str(z["sha256"])
+        if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32
+                and flat.shape == (sum(map(len, docs)),)):
+            problem = "does not fit the documents"
+        elif payload_checksum(flat) != stored:
+            problem = "fails its checksum (damaged)"
+        elif not np.isfinite(flat).all():
+            problem = "holds non-finite values"
+        else:
+            problem = None
+    except Exception as e:  # truncated, empty, not an npz at all: a cache is recomputed, never trusted
+        problem = f"is unreadable ({type(e).__name__}: {str(e)[:100]})"
     if problem:
         warnings.warn(f"entropy cache {path} {problem}; recomputing", stacklevel=3)
         return None
     return np.split(flat, np.cumsum([len(d) for d in docs])[:-1]) if docs else []
 
 
+def write_entropy_cache(path: str, ent: list[np.ndarray]):
+    """Write the cache file read_entropy_cache reads; a cache that cannot be written is only a warning."""
+    flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object, so numpy does not append .npz to the temp name
+            np.savez(f, entropies=flat, sha256=np.array(payload_checksum(flat)))
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        warnings.warn(f"cannot write the entropy cache {path} ({e.strerror or e}); set --cache_dir or "
+                      f"${CACHE_ENV} to a writable folder", stacklevel=3)
+
+
 def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, label: str | None = None,
                      batch_size: int | None = None, show_progress=None, with_hit: bool = False):
     """H of every document, computed once per (documents, entropy model, window) and kept in cache_dir
-    (None: no disk cache). A file that is unreadable or does not fit is recomputed and rewritten.
-    with_hit=True returns (entropies, whether they came from the cache)."""
+    (None: no disk cache; "": default_cache_dir()). A file that is unreadable, damaged or does not fit is
+    recomputed and rewritten. with_hit=True returns (entropies, whether they came from the cache)."""
     docs = documents(docs)
     if entropy_model is None:
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
@@ -431,13 +627,7 @@ def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, la
     if not hit:
         ent = document_entropies(entropy_model, docs, batch_size, show_progress)
     if path is not None and not hit:
-        flat = np.concatenate(ent).astype(np.float32) if ent else np.zeros(0, np.float32)
-
-        def write(tmp):
-            with open(tmp, "wb") as f:  # a file object, so numpy does not append .npy to the temp name
-                np.save(f, flat)
-
-        atomic_write(path, write)
+        write_entropy_cache(path, ent)
     return (ent, hit) if with_hit else ent
 
 
@@ -446,17 +636,22 @@ def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, la
 
 
 class EntropyPatcher:
-    """An entropy model and a PatchConfig. Either of:
+    """An entropy model (or several) and a PatchConfig. Any of:
 
         EntropyPatcher(entropy_model, threshold=0.6, method="global")   # other PatchConfig fields as keywords
         EntropyPatcher(entropy_model, patch_config)
+        EntropyPatcher([m1, m2, m3], patch_config, combine="js")       # an ensemble: mean, max or js
 
     entropy_model may be None for static, space and byte, or when every call passes precomputed entropies.
     """
 
     def __init__(self, entropy_model=None, config: PatchConfig | None = None, *,
                  threshold: float | None = None, method: str | None = None, batch_size: int | None = None,
-                 **config_fields):
+                 combine: str | None = None, **config_fields):
+        if isinstance(entropy_model, (list, tuple)):
+            entropy_model = EntropyEnsemble(entropy_model, combine or "mean")
+        elif combine is not None:
+            raise ValueError("combine= makes an ensemble: pass a list of entropy models")
         if config is not None and not isinstance(config, PatchConfig):
             raise TypeError(f"the second argument is a PatchConfig, got {type(config).__name__} "
                             "(pass a threshold as threshold=...)")
@@ -516,13 +711,29 @@ class EntropyPatcher:
         return [split_patches(d, n) for d, n in zip(docs, doc_lengths)], stats
 
     def to_meta(self) -> dict:
-        """The patch config as a JSON-ready dict, for checkpoint metadata (patcher_from_meta inverts it)."""
-        return self.config.patch_key()
+        """The patch config as a JSON-ready dict, for checkpoint metadata (patcher_from_meta inverts it); an
+        ensemble adds {"ensemble": {"combine": ..., "models": K}}."""
+        meta, e = self.config.patch_key(), self.entropy_model
+        if isinstance(e, EntropyEnsemble):
+            meta["ensemble"] = {"combine": e.config.combine, "models": len(e.models)}
+        return meta
 
 
 def patcher_from_meta(meta: dict, entropy_model=None) -> EntropyPatcher:
-    """The EntropyPatcher a checkpoint's metadata describes (EntropyPatcher.to_meta), around entropy_model."""
-    return EntropyPatcher(entropy_model, config_from_dict(PatchConfig, meta))
+    """The EntropyPatcher a checkpoint's metadata describes (EntropyPatcher.to_meta), around entropy_model
+    (for an ensemble: the list of its models, in order)."""
+    meta = dict(meta)
+    ensemble = meta.pop("ensemble", None)
+    config = config_from_dict(PatchConfig, meta)
+    many = isinstance(entropy_model, (list, tuple))
+    if ensemble is None and many:
+        raise ValueError(f"the metadata describes a patcher of one entropy model, got {len(entropy_model)}")
+    if ensemble is None or (entropy_model is None and not config.needs_entropy):
+        return EntropyPatcher(entropy_model, config)
+    if not many or len(entropy_model) != ensemble["models"]:
+        raise ValueError(f"the metadata describes an ensemble of {ensemble['models']} entropy models; pass "
+                         "them as a list")
+    return EntropyPatcher(list(entropy_model), config, combine=ensemble["combine"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -603,27 +814,69 @@ def calibrate_threshold(entropy_model, byte_sequences, target_mean_patch_size: f
 
 
 def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchConfig | None = None,
-                                 entropies=None) -> dict:
-    """Mean, std and percentiles (10, 25, 50, 75, 90, 95) of H in nats over all bytes, and the `global`
-    threshold reaching each mean patch size in ANALYSIS_PATCH_SIZES (None where out of reach).
+                                 entropies=None, patch_sizes=ANALYSIS_PATCH_SIZES, plot: str | None = None
+                                 ) -> dict:
+    """The entropy distribution of some text and the thresholds that reach each target mean patch size.
 
-    The default limits are min_patch_size=1 (max 128), so the thresholds show what the entropies alone do
-    (with a minimum of 4, sizes 2 and 3 could not be reached at all).
+    byte_sequences, a list of documents (pass training documents: the thresholds are fitted to them):
+    num_bytes, mean, std and percentiles of H over every byte (nats), and thresholds_for_patch_size
+    {method: {size: threshold, None where out of reach}} for the global and monotonic rules.
+    byte_sequences, a dict {domain: documents}: each is split (byte_data.split_documents) and the result is
+    {"domains": {domain: the figures above from its training documents only, num_held_out_bytes},
+     "transfer": {method: {size: {A: {B: mean patch size on B's held-out documents with A's threshold}}}}};
+    the diagonal is how well a calibration holds on unseen text of its own domain.
+    Limits: config's, by default min_patch_size=1 (max 128), so the thresholds show what the entropies alone
+    do (with a minimum of 4, sizes 2 and 3 could not be reached at all). entropies: the list form's H per
+    document, to skip the model. plot: save a histogram of H per domain there (PNG) with its thresholds.
     """
+    config = config or PatchConfig(min_patch_size=1, cache_patches=False)
+    if isinstance(byte_sequences, dict):
+        if entropies is not None:
+            raise ValueError("the domain form computes its entropies from the model: pass entropies=None")
+        return analyze_domains(entropy_model, byte_sequences, config, patch_sizes, plot)
     docs = documents(byte_sequences)
     entropies = entropies if entropies is not None else document_entropies(entropy_model, docs)
     h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies] or [np.zeros(0)])
     stat = (lambda f: float(f(h))) if h.size else (lambda f: 0.0)
     out = {"num_bytes": int(h.size), "mean": stat(np.mean), "std": stat(np.std),
-           "percentiles": {p: stat(lambda a, p=p: np.percentile(a, p)) for p in (10, 25, 50, 75, 90, 95)},
-           "thresholds_for_patch_size": {}}
-    for size in ANALYSIS_PATCH_SIZES:
-        try:
-            t = calibrate_threshold(None, docs, size, "global", config or PatchConfig(min_patch_size=1),
-                                    entropies=entropies)
-        except CalibrationError:  # out of reach for these data and limits: reported as None, by design
-            t = None
-        out["thresholds_for_patch_size"][size] = t
+           "percentiles": {p: stat(lambda a, p=p: np.percentile(a, p)) for p in (5, 10, 25, 50, 75, 90, 95)},
+           "thresholds_for_patch_size": {m: {} for m in ANALYSIS_METHODS}}
+    for method in ANALYSIS_METHODS:
+        for size in patch_sizes:
+            try:
+                t = calibrate_threshold(None, docs, size, method, config, entropies=entropies)
+            except CalibrationError:  # out of reach for these data and limits: reported as None, by design
+                t = None
+            out["thresholds_for_patch_size"][method][size] = t
+    if plot:
+        plot_entropy_histograms({"documents": h}, {"documents": out["thresholds_for_patch_size"]["global"]},
+                                plot)
+    return out
+
+
+def analyze_domains(entropy_model, corpora: dict, config: PatchConfig, patch_sizes, plot=None) -> dict:
+    """analyze_entropy_distribution's dict form: per domain figures from its training documents, and the
+    transfer table on every domain's held-out documents."""
+    out = {"domains": {}, "transfer": {m: {s: {} for s in patch_sizes} for m in ANALYSIS_METHODS}}
+    held_out, train_h = {}, {}
+    for name, docs in corpora.items():
+        train, val = split_documents(documents(docs))
+        if not train or not val:
+            raise DataError(f"{name}: too small to split into training and held-out documents")
+        train_h[name] = document_entropies(entropy_model, train)
+        held_out[name] = (val, document_entropies(entropy_model, val))
+        figures = analyze_entropy_distribution(None, train, config, train_h[name], patch_sizes)
+        out["domains"][name] = {**figures, "num_held_out_bytes": sum(map(len, val))}
+    for method in ANALYSIS_METHODS:
+        for size in patch_sizes:
+            for a in corpora:
+                t = out["domains"][a]["thresholds_for_patch_size"][method][size]
+                cfg = dataclasses.replace(config, method=method, entropy_threshold=t)
+                out["transfer"][method][size][a] = {
+                    b: None if t is None else mean_patch_size(hv, v, cfg) for b, (v, hv) in held_out.items()}
+    if plot:
+        thresholds = {k: d["thresholds_for_patch_size"]["global"] for k, d in out["domains"].items()}
+        plot_entropy_histograms({k: np.concatenate(v) for k, v in train_h.items()}, thresholds, plot)
     return out
 
 
@@ -671,14 +924,59 @@ def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
 # Command line
 
 
+def add_model_args(p: argparse.ArgumentParser):
+    p.add_argument("--entropy_model_path", "--checkpoint", dest="checkpoints", action="append",
+                   help="entropy model (entropy_llm.py; default entropy_model.pth); repeat for an ensemble")
+    p.add_argument("--combine", choices=COMBINES, help="how an ensemble combines its models (default mean)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+
+
+def analyze_main(argv) -> int:
+    """`entropy_patcher.py analyze`: analyze_entropy_distribution over one or more domains."""
+    p = argparse.ArgumentParser(prog="entropy_patcher.py analyze", description=analyze_entropy_distribution
+                                .__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--data", action="append", required=True,
+                   help="a domain: builtin, builtin:code, builtin:prose, a file, a folder or hf:NAME; repeat")
+    p.add_argument("--max_bytes", type=int, default=300_000, help="cap on each domain's bytes")
+    p.add_argument("--min_patch_size", type=int, default=1)
+    p.add_argument("--max_patch_size", type=int, default=128)
+    p.add_argument("--report", help="write the figures as JSON")
+    p.add_argument("--plot", help="save a histogram of H per domain (PNG)")
+    args = p.parse_args(argv)
+    if len(set(args.data)) != len(args.data):
+        p.error("each --data once")
+    t0 = time.perf_counter()
+    try:
+        config = PatchConfig(min_patch_size=args.min_patch_size, max_patch_size=args.max_patch_size,
+                             cache_patches=False)
+        model = load_entropy_models(args.checkpoints or ["entropy_model.pth"], args.combine,
+                                    pick_device(args.device))
+        corpora = {d: load_corpus(d, args.max_bytes) for d in args.data}
+        result = analyze_entropy_distribution(model, corpora, config, plot=args.plot)
+    except (ValueError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_analysis(result))
+    if args.plot:
+        print(f"plot: {args.plot}")
+    sizes = {"min_patch_size": config.min_patch_size, "max_patch_size": config.max_patch_size}
+    write_report(args.report, {**result, "checkpoints": args.checkpoints or ["entropy_model.pth"],
+                               "combine": args.combine, "max_bytes": args.max_bytes, **sizes,
+                               "wall_s": time.perf_counter() - t0})
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["analyze"]:
+        return analyze_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="patch this text (UTF-8)")
     src.add_argument("--data", help="builtin (default), a file, a folder, or hf:NAME[:CONFIG]")
     p.add_argument("--max_bytes", type=int, default=100_000, help="cap on --data bytes")
-    p.add_argument("--entropy_model_path", "--checkpoint", dest="entropy_model_path",
-                   default="entropy_model.pth", help="entropy model (entropy_llm.py)")
+    add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="global")
     p.add_argument("--entropy_threshold", "--threshold", dest="entropy_threshold", type=float,
                    help="nats (default 0.6; 0.3 for monotonic)")
@@ -687,7 +985,6 @@ def main(argv=None) -> int:
     for name in ("patch_size", "min_patch_size", "max_patch_size"):
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="compute_entropies batch size")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--plot", help="save a plot of the first document (PNG; needs the entropy model)")
     p.add_argument("--html", help="save the first document as HTML with patch colours")
     p.add_argument("--report", help="write the figures as JSON")
@@ -707,7 +1004,8 @@ def main(argv=None) -> int:
         docs = ([args.text.encode("utf-8")] if args.text is not None
                 else load_corpus(args.data or "builtin", args.max_bytes))
         if config.needs_entropy or args.plot:
-            model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
+            model = load_entropy_models(args.checkpoints or ["entropy_model.pth"], args.combine,
+                                        pick_device(args.device))
             t0 = time.perf_counter()
             entropies = document_entropies(model, docs, args.batch_size)
             bytes_per_s = sum(map(len, docs)) / max(time.perf_counter() - t0, 1e-9)

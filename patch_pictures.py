@@ -1,5 +1,6 @@
-"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view, and the
-summary figures of patch lengths (patch_statistics).
+"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view, histograms of
+entropies per domain, and the summary figures of a patching: patch_statistics (lengths) and
+boundary_quality (where patches start: word boundaries, surprisal enrichment, size spread).
 
     from patch_pictures import format_patches, plot_entropies, write_html
     print(format_patches(patcher.create_patches(b"Hello, world")))      # hello,▏·world
@@ -7,7 +8,8 @@ summary figures of patch lengths (patch_statistics).
     write_html(data, H, lengths, "patches.html")                         # hover a character for its H
 
 Inputs are plain arrays (bytes, H per byte in nats, patch lengths), so this module needs nothing from
-the patcher; matplotlib is imported only by plot_entropies.
+the patcher; matplotlib is imported only by the plot functions. WORD_BYTE, the word bytes of DESIGN.md
+(the `space` rule's and boundary_quality's), lives here so the patcher can import it without a cycle.
 """
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ import html
 import numpy as np
 
 from common import atomic_write
+
+# word bytes (DESIGN.md): ASCII letters and digits, `_`, and every byte >= 0x80 (a UTF-8 character is part of
+# a word); every other byte is space-like
+WORD_BYTE = np.array([(chr(b).isascii() and chr(b).isalnum()) or b == 0x5F or b >= 0x80
+                      for b in range(256)])  # (256,)
 
 
 def utf8_units(data: bytes) -> list[tuple[int, int, str]]:
@@ -154,3 +161,99 @@ def terminal_view(data, lengths, max_bytes: int = 2000) -> str:
     data = bytes(data)
     patches = [data[s:e] for s, e in zip(starts[:k].tolist(), ends[:k].tolist())]
     return format_patches(patches) + (" ..." if k < len(ends) else "")
+
+
+def patch_start_flags(lengths, n: int) -> np.ndarray:
+    """(N,) bool: True at the first byte of every patch."""
+    flags = np.zeros(n, dtype=bool)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) != n:
+        raise ValueError(f"patch lengths sum to {int(lengths.sum())}, not to the {n} bytes")
+    flags[np.cumsum(lengths) - lengths] = True
+    return flags
+
+
+def boundary_quality(docs, doc_lengths, surprisal=None) -> dict:
+    """Where a patching puts its starts (DESIGN.md, the comparison protocol), JSON-ready. Byte 0 of every
+    document starts a patch whatever the rule, so it is left out of every share and mean below.
+
+    word_boundary_fraction   share of patch starts that cut no word: byte i is on a word boundary unless
+                             bytes i-1 and i are both word bytes (WORD_BYTE)
+    word_boundary_base_rate  the same share over all bytes: what starts at random positions would give
+    boundary_enrichment      mean surprisal of patch-start bytes / mean surprisal of the other bytes, where
+                             surprisal[d][i] = -log p(byte i) under a reference byte model (one array per
+                             document, any unit); None without surprisal or where a side is empty
+    mean_patch_size, median_patch_size, patch_size_cv (std / mean of the lengths; 0 for equal lengths)
+    """
+    starts, boundary, s_on, s_off = [], [], [], []
+    for k, (d, n) in enumerate(zip(docs, doc_lengths)):
+        x = np.frombuffer(bytes(d), dtype=np.uint8)
+        f = patch_start_flags(n, len(x))[1:]  # (N-1,) starts of bytes 1..N-1
+        w = WORD_BYTE[x]
+        starts.append(f)
+        boundary.append(~(w[1:] & w[:-1]))  # (N-1,) byte i does not continue a word
+        if surprisal is not None:
+            s = np.asarray(surprisal[k], dtype=np.float64)
+            if s.shape != x.shape:
+                raise ValueError(f"document {k}: {s.shape[0]} surprisal values for {len(x)} bytes")
+            s_on.append(s[1:][f])
+            s_off.append(s[1:][~f])
+    f, b = (np.concatenate(a) if a else np.zeros(0, dtype=bool) for a in (starts, boundary))
+    lengths = np.concatenate([np.asarray(n, dtype=np.int64) for n in doc_lengths] or [np.zeros(0, np.int64)])
+    on, off = (np.concatenate(a) if a else np.zeros(0) for a in (s_on, s_off))
+    mean = float(lengths.mean()) if lengths.size else 0.0
+    return {"word_boundary_fraction": float(b[f].mean()) if f.any() else None,
+            "word_boundary_base_rate": float(b.mean()) if b.size else None,
+            "boundary_enrichment": float(on.mean() / off.mean()) if on.size and off.size and off.mean() > 0
+            else None,
+            "mean_patch_size": mean, "median_patch_size": float(np.median(lengths)) if lengths.size else 0.0,
+            "patch_size_cv": float(lengths.std() / mean) if mean else 0.0}
+
+
+def plot_entropy_histograms(entropies: dict, thresholds: dict, path, bins: int = 60):
+    """Save one histogram of H (nats) per domain, stacked, with a dashed line at each domain's `global`
+    threshold per target patch size. entropies: {domain: (N,) H}; thresholds: {domain: {size: t or None}}."""
+    from matplotlib.figure import Figure  # only plots need matplotlib
+
+    names = list(entropies)
+    top = max([float(np.max(h)) for h in entropies.values() if len(h)] or [1.0])
+    fig = Figure(figsize=(8.0, 1.0 + 2.2 * max(len(names), 1)))
+    axes = fig.subplots(max(len(names), 1), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
+        h = np.asarray(entropies[name], dtype=np.float64)
+        ax.hist(h, bins=bins, range=(0.0, top), density=True, color="tab:blue", alpha=0.7)
+        for j, (size, t) in enumerate((thresholds.get(name) or {}).items()):
+            if t is not None:
+                ax.axvline(t, color=f"C{j + 1}", linestyle="--", linewidth=1.0,
+                           label=f"{size} B/patch: {t:.3g}")
+        ax.set_title(f"{name}: {h.size:,} bytes, mean H {h.mean() if h.size else 0:.3f} nats", fontsize=9)
+        ax.set_ylabel("density")
+        if any(t is not None for t in (thresholds.get(name) or {}).values()):
+            ax.legend(loc="upper right", fontsize=7, title="global threshold", title_fontsize=7)
+    axes[-1].set_xlabel("entropy H[i] (nats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def format_analysis(result: dict) -> str:
+    """entropy_patcher.analyze_entropy_distribution's dict form as text: thresholds per domain, then the
+    transfer table (the threshold calibrated on A's training documents -> mean patch size on B's held-out)."""
+    domains = result["domains"]
+    sizes = list(next(iter(domains.values()))["thresholds_for_patch_size"]["global"])
+    width = max([26] + [len(f"monotonic: {a} -> {b}") for a in domains for b in domains])
+
+    def row(label, values):
+        return f"  {label:<{width}}" + "".join(f"{v:>8.3f}" if v is not None else f"{'-':>8}" for v in values)
+
+    head = f"  {{:<{width}}}" + "".join(f"{f'{s} B':>8}" for s in sizes)
+    lines = []
+    for name, d in domains.items():
+        pct = ", ".join(f"p{p} {v:.2f}" for p, v in d["percentiles"].items())
+        lines += [f"{name}: {d['num_bytes']:,} training bytes ({d['num_held_out_bytes']:,} held out); H mean "
+                  f"{d['mean']:.3f}, std {d['std']:.3f} nats; {pct}", head.format("threshold (nats) for")]
+        lines += [row(m, by_size.values()) for m, by_size in d["thresholds_for_patch_size"].items()]
+    lines += ["transfer: mean patch size on B's held-out documents with the threshold calibrated on A's "
+              "training documents (- : out of reach)", head.format("method: A -> B")]
+    lines += [row(f"{m}: {a} -> {b}", [by_size[s][a][b] for s in sizes])
+              for m, by_size in result["transfer"].items() for a in domains for b in domains]
+    return "\n".join(lines)

@@ -60,7 +60,18 @@ def save_checkpoint(model: nn.Module, path: str, train: dict | None = None, meta
     if meta is not None:
         extra["meta"] = meta
     state["_extra_state"] = extra
+    bad = non_finite(state)
+    if bad:  # never replace a good checkpoint with a diverged model
+        raise CheckpointError(f"{path}: not saved: the model holds non-finite weights ({bad})")
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def non_finite(state: dict) -> str | None:
+    """The name of the first floating tensor of a state dict holding NaN or inf, else None."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
 
 
 def load_checkpoint(path: str, kind: str | None = None) -> dict:
@@ -83,6 +94,9 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path}: unknown model kind '{found}'")
     if kind is not None and found != kind:
         raise CheckpointError(f"{path}: holds a '{found}' model, expected a '{kind}' model")
+    if bad := non_finite(state):
+        raise CheckpointError(f"{path}: holds non-finite weights (NaN or inf in {bad}); a diverged run's "
+                              "model cannot be used")
     return state
 
 

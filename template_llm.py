@@ -61,8 +61,11 @@ from common import (
     add_config_args,
     add_run_args,
     atomic_write,
+    check_run_args,
+    check_split,
     config_overrides,
     count_params,
+    data_digest,
     is_main_process,
     lm_flops_per_token,
     make_optimizer,
@@ -74,7 +77,15 @@ from common import (
 )
 from entropy_llm import cap_bytes, score_sequences
 from save_entropy_model import CheckpointError, load_checkpoint, model_from_state
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    Interrupted,
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_run,
+    setup_distributed,
+    train,
+)
 
 TOKENIZERS = ("bytes", "bpe")
 DEFAULT_VOCAB = {"bytes": 256, "bpe": 4096}
@@ -309,20 +320,23 @@ def load_template_model(path: str, device="cpu"):
 # Scoring
 
 
-def nats_and_bytes(model, ids: list[np.ndarray], docs: list[bytes], batch_size: int = 32
-                   ) -> tuple[float, int, int]:
-    """(total nats, bytes, tokens) of documents already encoded as `ids`, each scored from its own start."""
+def document_nats(model, ids: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Each document's total nats (its tokens' -log p summed), documents already encoded as `ids`, each
+    scored from its own start in windows of max_seq_len ids overlapping by half (entropy_windows)."""
     _, nll = score_sequences(model, ids, batch_size, want_nll=True, unit="tok")
-    return float(sum(a.sum() for a in nll)), sum(len(d) for d in docs), sum(len(a) for a in ids)
+    return np.array([a.sum() for a in nll], dtype=np.float64)
 
 
-def evaluate_bpb(model, tokenizer, docs: list[bytes], batch_size: int = 32) -> tuple[float, int, int]:
+def evaluate_bpb(model, tokenizer, docs: list[bytes], batch_size: int = 32, per_document: bool = False):
     """(bits per byte, bytes, tokens) over every byte of `docs`: each document encoded whole, its token
-    nats summed and divided by ln 2 x its number of bytes (the bytes those tokens cover)."""
-    nats, n_bytes, n_tokens = nats_and_bytes(model, encode_all(tokenizer, docs), docs, batch_size)
+    nats summed and divided by ln 2 x its number of bytes (the bytes those tokens cover). per_document=True
+    adds each document's nats and bytes (two arrays in the order of `docs`)."""
+    ids = encode_all(tokenizer, docs)
+    nats, n_bytes = document_nats(model, ids, batch_size), sum(len(d) for d in docs)
     if n_bytes == 0:
         raise ValueError("no bytes to evaluate")
-    return nats / (math.log(2) * n_bytes), n_bytes, n_tokens
+    out = (float(nats.sum()) / (math.log(2) * n_bytes), n_bytes, sum(len(a) for a in ids))
+    return (*out, nats, np.array([len(d) for d in docs], dtype=np.int64)) if per_document else out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -355,11 +369,12 @@ def shared_tokenizer(config, train_docs, out, dist, resume: str | None, tokenize
 
 def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: list[bytes], out: str,
                    device_name: str | None = None, resume: str | None = None, compile: bool = False,
-                   tokenizer=None) -> dict:
+                   tokenizer=None, per_document: bool = False) -> dict:
     """Train TemplateLLM on train_docs, score held-out BPB on val_docs, save to `out`; returns the report.
 
     With tokenizer 'bpe' the BPE is learned from train_docs (or `tokenizer` is used, or on resume the
-    one of `resume`) and saved to tokenizer_path(out), which the checkpoint's meta names.
+    one of `resume`) and saved to tokenizer_path(out), which the checkpoint's meta names. per_document=True
+    adds doc_nats and doc_bytes of the final evaluation (every held-out document, in order).
     """
     dist, device = setup_distributed(device_name)
     try:
@@ -367,7 +382,10 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         seed_everything(config.seed)
         model = TemplateLLM(config).to(device)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start = resume_from(resume, model, optimizer, config) if resume else 0
+        meta = {"train_data": data_digest(train_docs)}
+        if tok_path:
+            meta.update(tokenizer_file=os.path.basename(tok_path), tokenizer_sha256=_sha256(tok_path))
+        history = resume_run(resume, model, optimizer, config, meta) if resume else {"step": 0}
         trained = maybe_compile(distribute(model, dist), compile)
 
         t0 = time.perf_counter()
@@ -377,14 +395,18 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
         tokens_per_byte = train_tokens / train_bytes if train_bytes else 1.0
         windows = ByteWindows(train_ids, config.max_seq_len, seed=config.seed)
 
+        per_doc = {}  # the final evaluation's per-document figures (with per_document)
+
         def evaluate(step):  # intermediate evaluations score a prefix of the held-out documents
             k = len(val_docs) if step == config.max_steps else len(cap_bytes(val_docs, config.eval_max_bytes))
-            nats, n_bytes, n_tokens = nats_and_bytes(model, val_ids[:k], val_docs[:k])
+            doc_nats = document_nats(model, val_ids[:k])
+            nats, n_bytes = float(doc_nats.sum()), sum(map(len, val_docs[:k]))
+            n_tokens = sum(map(len, val_ids[:k]))
+            if per_document and step == config.max_steps:
+                per_doc.update(doc_nats=doc_nats, doc_bytes=np.array([len(d) for d in val_docs], np.int64))
             return {"val_bpb": nats / (math.log(2) * n_bytes), "val_bytes": n_bytes, "val_tokens": n_tokens}
 
-        meta = {"train_bytes": train_bytes, "train_tokens": train_tokens, "tokens_per_byte": tokens_per_byte}
-        if tok_path:
-            meta.update(tokenizer_file=os.path.basename(tok_path), tokenizer_sha256=_sha256(tok_path))
+        meta.update(train_bytes=train_bytes, train_tokens=train_tokens, tokens_per_byte=tokens_per_byte)
         if dist.is_main:
             print(f"template LM ({config.tokenizer}, vocab {tokenizer.vocab_size}): {count_params(model):,} "
                   f"params, train {len(train_docs)} docs {train_bytes:,} bytes = {train_tokens:,} tokens "
@@ -392,8 +414,8 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                   f"{sum(map(len, val_docs)):,} bytes, device {device}, {dist.world_size} process(es)")
         rows = config.batch_size // dist.world_size
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
-                       start_step=start, evaluate=evaluate if val_docs else None, meta=meta,
-                       desc=f"template {config.tokenizer}",
+                       start_step=history["step"], evaluate=evaluate if val_docs else None, meta=meta,
+                       desc=f"template {config.tokenizer}", history=history,
                        bytes_per_step=rows * config.max_seq_len / tokens_per_byte,
                        bpb_per_loss=tokens_per_byte / math.log(2))
         final = result["evals"][-1] if result["evals"] else {}
@@ -403,7 +425,8 @@ def train_template(config: TemplateConfig, train_docs: list[bytes], val_docs: li
                 "bytes_per_s": result["bytes_per_s"], "checkpoint": out, "tokenizer": config.tokenizer,
                 "tokenizer_file": tok_path, "tokens_per_byte": tokens_per_byte, "train_bytes": train_bytes,
                 "train_tokens": train_tokens, "train_loss": result["loss"], "steps": config.max_steps,
-                "evals": result["evals"], "config": dataclasses.asdict(config)}
+                "evals": result["evals"], "config": dataclasses.asdict(config), **per_doc,
+                "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
 
@@ -420,10 +443,11 @@ def main(argv=None):
                  quick_help="a smaller, shorter run: a minute or two on a CPU")
     add_config_args(p, TemplateConfig)
     args = p.parse_args(argv)
+    if args.eval and not args.checkpoint:
+        p.error("--eval needs --checkpoint")
     try:
+        check_run_args(args)
         if args.eval:
-            if not args.checkpoint:
-                p.error("--eval needs --checkpoint")
             model, tokenizer = load_template_model(args.checkpoint, device=pick_device(args.device))
             docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
             t0 = time.perf_counter()
@@ -436,13 +460,21 @@ def main(argv=None):
             config = build_config(args.preset, args.quick_demo, **config_overrides(args, TemplateConfig))
             docs = load_corpus(args.data, max_bytes=config.max_bytes, text_field=args.text_field)
             train_docs, val_docs = split_documents(docs)
+            check_split(train_docs, val_docs, args.data)
             report = train_template(config, train_docs, val_docs, args.out, args.device, resume_path(args),
                                     args.compile)
             if not is_main_process():  # torchrun: rank 0 speaks for the job
                 return 0
-            print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
+            done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+            print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; "
                   f"{report['flops_per_byte']:,.0f} FLOPs per byte; {report['bytes_per_s']:,.0f} training "
                   f"bytes/s; saved {args.out}" + (f" and {tok}" if (tok := report["tokenizer_file"]) else ""))
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

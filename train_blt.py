@@ -47,7 +47,9 @@ from common import (
     TrainFields,
     add_config_args,
     add_run_args,
-    autocast,
+    check_output,
+    check_run_args,
+    check_split,
     config_from_dict,
     config_overrides,
     count_params,
@@ -75,7 +77,15 @@ from save_entropy_model import (
     model_fingerprint,
     model_from_state,
 )
-from training import cleanup_distributed, distribute, maybe_compile, resume_from, setup_distributed, train
+from training import (
+    Interrupted,
+    cleanup_distributed,
+    distribute,
+    maybe_compile,
+    resume_run,
+    setup_distributed,
+    train,
+)
 
 
 @dataclass
@@ -278,13 +288,17 @@ def eval_windows(docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int)
 
 @torch.inference_mode()
 def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_seq_len: int,
-             batch_size: int = 8, device=None) -> tuple[float, int]:
-    """(bits per byte, bytes) over every byte of `docs`, patched by `lengths`."""
+             batch_size: int = 8, device=None, per_document: bool = False):
+    """(bits per byte, bytes) over every byte of `docs`, patched by `lengths`; per_document=True adds each
+    document's nats and bytes (two arrays in the order of `docs`: the study's bootstrap over documents).
+
+    In fp32 on every device, as the baselines are scored (template_llm.evaluate_bpb), so that a comparison
+    never mixes precisions."""
     model.eval()
     device = device or next(model.parameters()).device
     jobs = eval_windows(docs, lengths, max_seq_len)
     starts = [patch_starts(n) for n in lengths]
-    total_nll, total_bytes = 0.0, 0
+    doc_nats, doc_bytes = np.zeros(len(docs)), np.array([len(d) for d in docs], dtype=np.int64)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
         rows = [window_lengths(starts[i], s, e) for i, s, _, e in chunk]
@@ -294,15 +308,15 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
             x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
             pl[r, : len(n)] = n
         xt = torch.from_numpy(x).to(device)
-        with autocast(xt.device):
-            logits, _ = model(xt, torch.from_numpy(pl).to(device))
+        logits, _ = model(xt, torch.from_numpy(pl).to(device))
         nll = F.cross_entropy(logits.float().transpose(1, 2), xt, reduction="none").cpu().double()  # (B, T)
-        for r, (_, s, k0, k1) in enumerate(chunk):
-            total_nll += float(nll[r, k0 - s:k1 - s].sum())
-            total_bytes += k1 - k0
+        for r, (i, s, k0, k1) in enumerate(chunk):
+            doc_nats[i] += float(nll[r, k0 - s:k1 - s].sum())
+    total_bytes = int(doc_bytes.sum())
     if total_bytes == 0:
         raise ValueError("no bytes to evaluate")
-    return total_nll / (math.log(2) * total_bytes), total_bytes
+    bpb = float(doc_nats.sum()) / (math.log(2) * total_bytes)
+    return (bpb, total_bytes, doc_nats, doc_bytes) if per_document else (bpb, total_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -310,10 +324,12 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
 
 
 def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out: str = "blt_model.pth",
-              device_name: str | None = None, resume: str | None = None, compile: bool = False) -> dict:
+              device_name: str | None = None, resume: str | None = None, compile: bool = False,
+              per_document: bool = False) -> dict:
     """Train `model` end to end on `dataset`; evaluates held-out BPB and saves `out`. Returns the report.
 
     `resume` is a checkpoint of the same run (same patches, data and settings) to continue from, exactly.
+    per_document=True adds doc_nats and doc_bytes of the final evaluation (every held-out document).
     """
     T = model.config.max_seq_len
     if dataset.patch_config.size_bounds[1] > T:
@@ -322,20 +338,24 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
     try:
         model.to(device)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        start = 0
+        history = {"step": 0}
         if resume:
             check_same_data(resume, dataset)
-            start = resume_from(resume, model, optimizer, config)
+            history = resume_run(resume, model, optimizer, config, dataset.meta())
         trained = maybe_compile(distribute(model, dist), compile)
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
         mean_ps, n_train = dataset.mean_patch_size, sum(map(len, dataset.train_docs))
+
+        per_doc = {}  # the final evaluation's per-document figures (with per_document)
 
         def evaluate_held_out(step):  # intermediate evaluations score a prefix of the held-out documents
             docs, lengths = dataset.val_docs, dataset.val_lengths
             if step != config.max_steps:
                 keep = np.searchsorted(np.cumsum([len(d) for d in docs]), config.eval_max_bytes) + 1
                 docs, lengths = docs[:keep], lengths[:keep]
-            bpb, n = evaluate(model, docs, lengths, T, device=device)
+            bpb, n, *docs_out = evaluate(model, docs, lengths, T, device=device,
+                                         per_document=per_document and step == config.max_steps)
+            per_doc.update(zip(("doc_nats", "doc_bytes"), docs_out))
             return {"val_bpb": bpb, "val_bytes": n}
 
         if dist.is_main:
@@ -347,8 +367,8 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
                   f"{sum(map(len, dataset.val_docs)):,} bytes; device {device}, {dist.world_size} "
                   "process(es)")
         result = train(trained, optimizer, windows, config, device=device, dist=dist, out=out,
-                       start_step=start, evaluate=evaluate_held_out, meta=dataset.meta(),
-                       desc=f"BLT (patch {mean_ps:.2f})",
+                       start_step=history["step"], evaluate=evaluate_held_out, meta=dataset.meta(),
+                       desc=f"BLT (patch {mean_ps:.2f})", history=history,
                        bytes_per_step=config.batch_size // dist.world_size * T)
         final = result["evals"][-1] if result["evals"] else {}
         fpb = flops_per_byte(model.config, mean_ps, T)
@@ -361,7 +381,8 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
                 "bytes_per_s": result["bytes_per_s"],
                 "train_loss": result["loss"], "train_bytes": n_train, "checkpoint": out, "method": pc.method,
                 "entropy_threshold": pc.entropy_threshold if pc.needs_entropy else None,
-                "steps": config.max_steps, "evals": result["evals"]}
+                "steps": config.max_steps, "evals": result["evals"], **per_doc,
+                "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
 
@@ -412,8 +433,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p, BLT_PRESETS, out="blt_model.pth", model="BLT",
                  quick_help="a small run: a few minutes on a CPU")
-    p.add_argument("--entropy_model_path", default="entropy_model.pth", help="the patcher's entropy model")
-    p.add_argument("--train_entropy", action="store_true", help="train that entropy model first (same split)")
+    p.add_argument("--entropy_model_path", default=None,
+                   help="the patcher's entropy model (default: entropy_model.pth; with --train_entropy, "
+                   "written beside --out as OUT_STEM.entropy.pth)")
+    p.add_argument("--train_entropy", action="store_true",
+                   help="train that entropy model first, on this corpus's training split, at the size of "
+                   "--preset (ENTROPY_FOR_PRESET) with the training flags given")
     p.add_argument("--generate", action="store_true", help="continue --prompt with --checkpoint")
     p.add_argument("--prompt", default="", help="text to continue with --generate")
     p.add_argument("--max_new_bytes", type=int, default=200, help="bytes to generate")
@@ -421,21 +446,28 @@ def main(argv=None):
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely bytes")
     p.add_argument("--show_patches", action="store_true", help="print where the patches of the output fall")
     add_config_args(p, BLTConfig, aliases={"max_seq_len": ("seq_len",)})
-    add_config_args(p, PatchConfig, skip=("cache_patches", "cache_dir"), defaults=BLT_PATCHING,
+    add_config_args(p, PatchConfig, skip=("cache_patches",), defaults=BLT_PATCHING,
                     aliases={"method": ("patching",), "entropy_threshold": ("threshold",)})
     add_config_args(p, TrainConfig, defaults=BLT_TRAINING)
     args = p.parse_args(argv)
+    if (args.generate or args.eval) and not args.checkpoint:
+        p.error("--eval and --generate need --checkpoint")
     try:
+        check_run_args(args)
         if args.generate or args.eval:
+            check_generate_args(args)
             return eval_or_generate(args, p)
         mcfg = model_config(args.preset, args.quick_demo, **config_overrides(args, BLTConfig))
         pcfg = patch_config(**config_overrides(args, PatchConfig))
         tcfg = train_config(args.quick_demo, **config_overrides(args, TrainConfig))
+        args.entropy_model_path = entropy_model_path(args, pcfg)
+        ecfg = entropy_config(args) if args.train_entropy and pcfg.needs_entropy else None
         docs = load_corpus(args.data, tcfg.max_bytes, text_field=args.text_field)
+        check_split(*split_documents(docs), args.data)
         entropy_model = None
         if pcfg.needs_entropy:
-            if args.train_entropy:
-                train_entropy(args, docs)
+            if ecfg is not None:
+                train_entropy(args, ecfg, docs)
             elif not os.path.exists(args.entropy_model_path):
                 raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model "
                                       "first with `python entropy_llm.py --quick_demo`, or add "
@@ -446,9 +478,16 @@ def main(argv=None):
         report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile)
         if not is_main_process():  # torchrun: rank 0 speaks for the job
             return 0
-        print(f"held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean patch "
-              f"{report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; "
+        done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+        print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean "
+              f"patch {report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; "
               f"saved {args.out}")
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the BLT's training started; nothing of it was saved", file=sys.stderr)
+        return 130
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -456,17 +495,61 @@ def main(argv=None):
     return 0
 
 
-def train_entropy(args, docs):
-    """--train_entropy: the entropy model on this corpus's training documents (never its held-out ones)."""
+# the entropy model --train_entropy trains for each BLT size: (entropy_llm preset, its training defaults)
+ENTROPY_FOR_PRESET = {
+    "tiny": ("tiny", dict(max_steps=200, warmup_steps=20, eval_interval=0, ckpt_interval=0)),
+    "cpu": ("cpu", {}),
+    "cpu-fast": ("cpu", {}),
+}
+ENTROPY_FOR_LARGER = ("seed", {})  # every larger BLT preset
+
+
+def entropy_model_path(args, pcfg: PatchConfig) -> str:
+    """The entropy model a run reads, or writes with --train_entropy: beside --out unless named.
+
+    A model that --train_entropy would write over is refused unless --overwrite (or --resume, which
+    continues the one this run wrote); an entropy-free method needs none.
+    """
+    if not (args.train_entropy and pcfg.needs_entropy):
+        return args.entropy_model_path or "entropy_model.pth"
+    path = args.entropy_model_path or os.path.splitext(args.out)[0] + ".entropy.pth"
+    if os.path.abspath(path) == os.path.abspath(args.out):
+        raise ValueError(f"--entropy_model_path {path}: is --out itself; give the entropy model its own file")
+    check_output(path, "--entropy_model_path (written by --train_entropy)", may_replace=False,
+                 overwrite=args.overwrite or args.resume)
+    return path
+
+
+def entropy_config(args):
+    """--train_entropy's EntropyConfig: the size that goes with --preset, the quick demo's settings, then
+    the training flags given on the command line (steps, batch, lr, bytes, seed...)."""
+    preset, defaults = ENTROPY_FOR_PRESET.get(args.preset, ENTROPY_FOR_LARGER)
+    given = config_overrides(args, TrainConfig)
+    return entropy_llm.build_config(preset, args.quick_demo, **{**defaults, **given})
+
+
+def check_generate_args(args):
+    if args.max_new_bytes < 0:
+        raise ValueError(f"--max_new_bytes must not be negative, got {args.max_new_bytes}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
+
+
+def train_entropy(args, ecfg, docs):
+    """--train_entropy: the entropy model on this corpus's training documents (never its held-out ones).
+
+    With --resume an entropy model this run already wrote is continued (or, finished, reused as it is).
+    """
     train_docs, val_docs = split_documents(docs)
-    ecfg = entropy_llm.build_config("cpu", quick_demo=args.quick_demo)
-    rep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, args.entropy_model_path, args.device)
-    print(f"entropy model: held-out {rep['val_bpb']:.4f} bits per byte; saved {args.entropy_model_path}")
+    path = args.entropy_model_path
+    resume = path if args.resume and os.path.exists(path) else None
+    rep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, path, args.device, resume=resume)
+    print(f"entropy model: held-out {rep['val_bpb']:.4f} bits per byte; saved {path}")
 
 
 def eval_or_generate(args, p) -> int:
-    if not args.checkpoint:
-        p.error("--eval and --generate need --checkpoint")
     model = load_blt(args.checkpoint, pick_device(args.device))
     if args.eval:
         docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)

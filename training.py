@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,59 +39,142 @@ RESUME_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", 
                "seed")
 
 
+class TrainingError(ValueError):
+    """A run that cannot go on (a non-finite loss, an empty or NaN evaluation); one line, no traceback."""
+
+
+class Interrupted(TrainingError):
+    """Ctrl-C: the run saved a resumable checkpoint and stopped."""
+
+
 def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_step: int = 0, evaluate=None,
           meta: dict | None = None, bytes_per_step: float | None = None, bpb_per_loss: float = BITS_PER_NAT,
-          desc: str = "train") -> dict:
+          desc: str = "train", history: dict | None = None) -> dict:
     """Train from start_step to cfg.max_steps; returns the last loss, the evaluations and bytes/s.
 
     evaluate(step) -> dict of figures runs on rank 0 every cfg.eval_interval steps and at the end; the
     checkpoint (model, optimizer, step, cfg; `meta` as run facts) is written atomically to `out` every
     cfg.ckpt_interval steps and at the end. bytes_per_step is this rank's (default: its rows x
     max_seq_len); bpb_per_loss turns the loss into bits per byte for the bar (tokens per byte / ln 2).
+    `history` is what resume_run read from the checkpoint: a finished run returns its stored result.
+
+    A non-finite loss or gradient stops the run (TrainingError naming the step; the last checkpoint stays
+    as it was); Ctrl-C finishes the step, saves a resumable checkpoint and raises Interrupted.
     """
+    history = history or {}
+    if start_step >= cfg.max_steps:  # a finished run: its stored result, nothing to train
+        if not history.get("evals") and evaluate:
+            raise TrainingError(f"{out}: the run already finished at step {start_step} and stored no "
+                                "evaluation; nothing to do")
+        return {"loss": history.get("loss", float("nan")), "evals": history.get("evals", []),
+                "bytes_per_s": history.get("bytes_per_s", float("nan")), "finished_before": True}
     bytes_per_step = bytes_per_step or cfg.batch_size // dist.world_size * cfg.max_seq_len
-    evals, speed, smooth, loss_val = [], Speed(), None, float("nan")
+    evals, speed, smooth, loss_val = list(history.get("evals", [])), Speed(), None, float("nan")
+    saved = history.get("step")  # the step of the last checkpoint written to `out`, if known
     bar = tqdm(range(start_step, cfg.max_steps), desc=desc, disable=not dist.is_main, dynamic_ncols=True,
                initial=start_step, total=cfg.max_steps)
     model.train()
-    for step in bar:
-        for group in optimizer.param_groups:  # schedule
-            group["lr"] = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        batch = data.batch(step, cfg.batch_size, dist.rank, dist.world_size)  # batch: this rank's rows
-        *inputs, targets = (t.to(device) for t in batch)
-        with autocast(device):
-            _, loss = model(*inputs, targets=targets)  # forward
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP the gradients of all ranks are averaged here
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+    with StopOnSigint() as sigint:
+        for step in bar:
+            for group in optimizer.param_groups:  # schedule
+                group["lr"] = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            batch = data.batch(step, cfg.batch_size, dist.rank, dist.world_size)  # batch: this rank's rows
+            *inputs, targets = (t.to(device) for t in batch)
+            with autocast(device):
+                _, loss = model(*inputs, targets=targets)  # forward
+            if dist.enabled:  # rows may hold padding: weight each rank's mean by its share of the targets
+                loss = loss * global_share(targets, dist)
+            loss_val, stop = global_mean_and_any(loss.detach(), sigint.requested, dist)  # all ranks agree
+            if not math.isfinite(loss_val):
+                raise diverged("loss", loss_val, step, cfg, out, saved)
+            if stop:
+                save_on_interrupt(out, model, optimizer, step, cfg, meta, evals, dist)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients of all ranks are averaged here
+            # the norm is measured even without clipping (max_norm inf clips nothing): an inf or NaN gradient
+            # would turn every weight NaN at optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+            if not torch.isfinite(norm):
+                raise diverged("gradient norm", float(norm), step, cfg, out, saved)
+            optimizer.step()
 
-        loss_val = global_mean(loss.detach(), dist)  # log the global batch's loss, not one shard's
-        speed.tick(bytes_per_step * dist.world_size)
-        smooth = loss_val if smooth is None else 0.95 * smooth + 0.05 * loss_val  # one batch is noisy
-        bar.set_postfix(loss=f"{smooth:.3f}", bpb=f"{smooth * bpb_per_loss:.3f}", **speed.shown(),
-                        refresh=False)  # log
-        last = step + 1 == cfg.max_steps
-        with speed.paused():  # evaluation and saving are not training: keep them out of bytes/s
-            if dist.is_main and evaluate and (last or every(cfg.eval_interval, step)):
-                evals.append({"step": step + 1, **evaluate(step + 1)})
-                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in evals[-1].items()))
-                model.train()
-            if dist.is_main and (last or every(cfg.ckpt_interval, step)):
-                save_run(out, model, optimizer, step + 1, cfg, meta)
+            speed.tick(bytes_per_step * dist.world_size)
+            smooth = loss_val if smooth is None else 0.95 * smooth + 0.05 * loss_val  # one batch is noisy
+            bar.set_postfix(loss=f"{smooth:.3f}", bpb=f"{smooth * bpb_per_loss:.3f}", **speed.shown(),
+                            refresh=False)  # log
+            last = step + 1 == cfg.max_steps
+            with speed.paused():  # evaluation and saving are not training: keep them out of bytes/s
+                if dist.is_main and evaluate and (last or every(cfg.eval_interval, step)):
+                    evals.append({"step": step + 1, **checked(evaluate(step + 1), step + 1)})
+                    bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in evals[-1].items()))
+                    model.train()
+                if dist.is_main and (last or every(cfg.ckpt_interval, step)):
+                    result = {"loss": loss_val, "evals": evals, "bytes_per_s": speed.rate}
+                    save_run(out, model, optimizer, step + 1, cfg, meta, result)
+                    saved = step + 1
     bar.close()
     if dist.enabled:  # no rank leaves before rank 0 has written the checkpoint the others may read next
         tdist.barrier()
     return {"loss": loss_val, "evals": evals, "bytes_per_s": speed.rate}
 
 
-def save_run(path: str, model, optimizer, step: int, cfg, meta: dict | None = None):
-    """The model with what resume_from needs (step, optimizer state, training config), written atomically."""
-    train_state = {"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg)}
+def checked(figures: dict, step: int) -> dict:
+    """An evaluation's figures; a NaN or empty score is an error, never a result."""
+    bpb, n = figures.get("val_bpb"), figures.get("val_bytes")
+    if n == 0:
+        raise TrainingError(f"step {step}: the held-out evaluation scored no bytes")
+    if bpb is not None and not math.isfinite(bpb):
+        raise TrainingError(f"step {step}: the held-out evaluation gave {bpb} bits per byte")
+    return figures
+
+
+def diverged(what: str, value: float, step: int, cfg, out: str, saved: int | None) -> TrainingError:
+    kept = (f"the last good checkpoint, {out} (step {saved}), is kept" if saved
+            else "no checkpoint was written")
+    return TrainingError(f"training diverged: the {what} became {value} at step {step + 1}; try a lower "
+                         f"--lr (now {cfg.lr:g}); {kept}")
+
+
+def save_on_interrupt(out, model, optimizer, step: int, cfg, meta, evals, dist):
+    """Ctrl-C arrived: `step` steps are done; save them (rank 0) and stop every rank."""
+    if dist.is_main:
+        save_run(out, model, optimizer, step, cfg, meta, {"loss": float("nan"), "evals": evals})
+    if dist.enabled:
+        tdist.barrier()
+    raise Interrupted(f"interrupted after step {step} of {cfg.max_steps}; saved {out}; continue with the "
+                      "same command and --resume")
+
+
+class StopOnSigint:
+    """The first Ctrl-C asks the loop to stop at the next step (`requested`); a second one stops at once.
+
+    Only the main thread can take signals; elsewhere (a notebook's worker thread) Ctrl-C acts as usual.
+    """
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def save_run(path: str, model, optimizer, step: int, cfg, meta: dict | None = None,
+             result: dict | None = None):
+    """The model with what resume_run needs (step, optimizer state, training config, the result so far),
+    written atomically."""
+    train_state = {"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                   "result": result or {}}
     save_checkpoint(model, path, train=train_state, meta=meta)
 
 
@@ -137,11 +222,18 @@ def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio:
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def resume_from(path: str, model, optimizer, cfg) -> int:
-    """Load a checkpoint's weights and optimizer state; returns the step to continue from.
+def resume_from(path: str, model, optimizer, cfg, meta: dict | None = None) -> int:
+    """Load a checkpoint's weights and optimizer state; returns the step to continue from (resume_run)."""
+    return resume_run(path, model, optimizer, cfg, meta)["step"]
 
-    Refused (ValueError) when the run it continues had another schedule, batch, seed or model config:
-    that would not continue the same run.
+
+def resume_run(path: str, model, optimizer, cfg, meta: dict | None = None) -> dict:
+    """Load a checkpoint's weights and optimizer state; returns the step to continue from and the result
+    stored so far (train's `history`).
+
+    Refused (ValueError) when the run it continues had another schedule, batch, seed or model config, or,
+    for the facts of `meta` in SAME_RUN_META, other data, patches or entropy model: that would not continue
+    the same run.
     """
     extra = load_into(model, path)
     if "train" not in extra:
@@ -153,8 +245,30 @@ def resume_from(path: str, model, optimizer, cfg) -> int:
     diff = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in keys if k in saved and saved[k] != now[k]]
     if diff:
         raise ValueError(f"{path}: was trained with other settings: {', '.join(diff)}")
+    check_same_run(path, extra.get("meta") or {}, meta or {})
     optimizer.load_state_dict(extra["train"]["optimizer"])
-    return extra["train"]["step"]
+    return {"step": extra["train"]["step"], **(extra["train"].get("result") or {})}
+
+
+# run facts a resumed run must share with the run it continues, and how an error names them
+SAME_RUN_META = {"train_data": "training data", "patch": "patches", "entropy_fingerprint": "entropy model",
+                 "tokenizer_sha256": "tokenizer"}
+
+
+def check_same_run(path: str, saved: dict, now: dict):
+    """Refuse to continue a run on other data (a digest of the training documents), patches or entropy model.
+
+    A fact the resumed run records but the checkpoint does not is refused too: it cannot be checked.
+    """
+    keys = [k for k in SAME_RUN_META if k in now]
+    missing = [SAME_RUN_META[k] for k in keys if k not in saved]
+    if missing:
+        raise ValueError(f"{path}: records no digest of its {', '.join(missing)} (an older checkpoint); "
+                         "cannot check that --resume continues the same run; start a new run")
+    diff = [SAME_RUN_META[k] for k in keys if saved[k] != now[k]]
+    if diff:
+        raise ValueError(f"{path}: was trained with other {', '.join(diff)}; --resume continues the same run "
+                         "only (same --data, --max_bytes, patching and entropy model)")
 
 
 def distribute(model, dist: Dist):
@@ -201,6 +315,25 @@ def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.devic
 def cleanup_distributed():
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def global_mean_and_any(x: torch.Tensor, flag: bool, dist: Dist) -> tuple[float, bool]:
+    """The mean of a scalar over all ranks, and whether any rank raised `flag` (one all_reduce)."""
+    if not dist.enabled:
+        return x.item(), flag
+    both = torch.stack([x.float(), torch.tensor(float(flag), device=x.device)])
+    tdist.all_reduce(both)
+    return both[0].item() / dist.world_size, both[1].item() > 0
+
+
+def global_share(targets: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """world_size x this rank's share of the global batch's targets (those not -100): a rank's mean loss
+    times this, averaged over ranks (as DDP averages gradients), is the mean over all targets of the global
+    batch, the loss one process would compute (not a mean of per-rank means)."""
+    n = (targets != -100).sum().to(torch.float64)
+    total = n.clone()
+    tdist.all_reduce(total)
+    return (n * dist.world_size / total).float()
 
 
 def global_mean(x: torch.Tensor, dist: Dist) -> float:

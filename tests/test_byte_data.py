@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from byte_data import (
+    BLOCK_BYTES,
     DataError,
+    Document,
+    builtin_code_documents,
+    builtin_documents,
     builtin_prose_documents,
     content_hash,
     docstrings_and_comments,
@@ -23,6 +27,7 @@ from byte_data import (
     manual_topics,
     rows_to_documents,
     split_documents,
+    stdlib_sources,
     strip_docstrings_and_comments,
 )
 
@@ -83,6 +88,33 @@ def test_one_document_gives_its_tail():
     assert head == [b"abcdefghijklmnopqr"] and tail == [b"st"]
 
 
+def test_empty_documents_are_dropped():
+    train, val = split_documents([b"", b"a", b"", b"b", b"c"])
+    assert sorted(train + val) == [b"a", b"b", b"c"]
+    assert split_documents([b"", b"abcdefghijklmnopqrst"]) == ([b"abcdefghijklmnopqr"], [b"st"])
+
+
+def test_near_duplicates_land_on_the_same_side():
+    heads = [random_bytes(BLOCK_BYTES + 900, seed=s) for s in range(60)]
+    docs = heads + [h + b"y" for h in heads] + [h[:BLOCK_BYTES] + b"an edit" + h[BLOCK_BYTES:] for h in heads]
+    train, val = split_documents(docs)
+    assert len(val) >= 3 and len(train) + len(val) == 2 * len(heads)  # each head is a prefix of head + b"y"
+    val_heads = {d[:BLOCK_BYTES] for d in val}
+    assert not any(d[:BLOCK_BYTES] in val_heads for d in train)
+    short = [f"short {i}".encode() for i in range(40)]  # under 4 KB: a prefix of another is dropped
+    train, val = split_documents(short + [d + b"y" for d in short])
+    assert sorted(train + val) == sorted(d + b"y" for d in short)
+
+
+def test_a_document_is_split_by_its_split_key():
+    key = held_out_random_bytes(100, want=True)
+    derived = [Document(f"derived {i:02d}".encode(), split_key=key) for i in range(20)]
+    plain = [d for d in synthetic_docs(60) if not held_out(d)]
+    train, val = split_documents(derived + plain)
+    assert set(val) == set(derived) and isinstance(val[0], Document)
+    assert type(derived[0][:3]) is bytes and derived[0] == b"derived 00"
+
+
 # ---------------------------------------------------------------------------------------------------- capping
 
 
@@ -124,6 +156,23 @@ def test_held_out_check_catches_a_model_trained_on_a_longer_cut_of_one_document(
     assert held_out_seen(document_digests(train_l), small * 2, val_s) == 1  # duplicates: still one document
 
 
+def test_held_out_check_catches_a_longer_cut_when_the_cut_is_small(tmp_path):
+    path = tmp_path / "one.bin"
+    path.write_bytes(random_bytes(200_000, seed=1))
+    long_train, _ = split_documents(load_corpus(str(path), max_bytes=100_000))  # bytes 0..90,000
+    for cap in (7_000, 40_000, 60_000, 80_000):  # every tail lies inside 0..90,000
+        small = load_corpus(str(path), max_bytes=cap)
+        train, val = split_documents(small)
+        assert held_out_seen(document_digests(long_train), small, val) == 1, cap
+        assert held_out_seen(document_digests(train), small, val) == 0, cap
+        shorter = load_corpus(str(path), max_bytes=len(train[0]))
+        assert held_out_seen(document_digests(split_documents(shorter)[0]), small, val) == 0, cap
+    # 7,000: the tail (6,300..7,000) holds no whole block; the model's first 4 KB is this document's
+    small = load_corpus(str(path), max_bytes=7_000)
+    old = [entry[:3] for entry in document_digests(long_train)]  # records without the prefix chain
+    assert held_out_seen(old, small, split_documents(small)[1]) == 0
+
+
 def test_held_out_check_catches_a_one_document_head_of_a_held_out_document(tmp_path):
     first = held_out_random_bytes(50_000, want=True)
     docs = [first] + [held_out_random_bytes(5_000, want=False, seed=100 + 10 * i) for i in range(5)]
@@ -137,9 +186,9 @@ def test_held_out_check_catches_a_one_document_head_of_a_held_out_document(tmp_p
 
 
 def test_shared_blocks_of_this_split_are_not_a_leak():
-    prefix = random_bytes(3 * 4096, seed=9)
-    a = next(d for s in itertools.count() if held_out(d := prefix + random_bytes(3000, 1000 + s)))
-    b = next(d for s in itertools.count() if not held_out(d := prefix + random_bytes(3000, 5000 + s)))
+    shared = random_bytes(3 * 4096, seed=9)  # aligned blocks after each document's own first 4 KB
+    a = next(d for s in itertools.count() if held_out(d := random_bytes(4096, 1000 + s) + shared))
+    b = next(d for s in itertools.count() if not held_out(d := random_bytes(4096, 5000 + s) + shared))
     docs = [a, b, *synthetic_docs(20)]
     train, val = split_documents(docs)
     assert a in val and b in train
@@ -151,19 +200,38 @@ def test_old_records_are_still_checked_and_the_record_stays_small():
     docs = synthetic_docs(200)
     train, val = split_documents(docs)
     record = document_digests(train)
-    old = [[sha, n] for sha, n, _ in record]
+    old = [entry[:2] for entry in record]
     assert held_out_seen(old, docs, val) == 0
-    assert held_out_seen([[sha, n] for sha, n, _ in document_digests(docs)], docs, val) == len(val) > 0
+    assert held_out_seen([e[:2] for e in document_digests(docs)], docs, val) == len(val) > 0
+    assert held_out_seen([e[:3] for e in document_digests(docs)], docs, val) == len(val)
     one = [b"".join(docs)]
     head, tail = split_documents(one)
-    assert held_out_seen([[sha, n] for sha, n, _ in document_digests(one)], one, tail) == 1
-    assert held_out_seen([[sha, n] for sha, n, _ in document_digests(head)], one, tail) == 0
+    assert held_out_seen([e[:2] for e in document_digests(one)], one, tail) == 1
+    assert held_out_seen([e[:2] for e in document_digests(head)], one, tail) == 0
     big = random_bytes(1 << 20, seed=4)
     (entry,) = document_digests([big])
-    assert 0 < len(entry[2]) <= 4 * 1024  # at most 4 bytes per KB trained on
+    assert 0 < len(entry[2]) <= 4 * 1024 and 0 < len(entry[3]) <= 4 * 1024  # 8 bytes per KB trained on
 
 
 # ---------------------------------------------------------------------------------------------------- builtin
+
+
+def test_builtin_leaves_out_the_manual_as_python_source():
+    paths = stdlib_sources()
+    assert len(paths) > 100 and not any(p.replace("\\", "/").endswith("pydoc_data/topics.py") for p in paths)
+    topics = list(manual_topics())
+    assert len(topics) > 50 and len(set(topics)) == len(topics)
+    assert not any(a in b for a in topics for b in topics if a is not b)
+
+
+def test_derived_builtin_documents_share_their_source_files_side():
+    n_topics = len(list(manual_topics()))
+    raw = set(itertools.islice(builtin_documents(), n_topics, n_topics + 60))  # the first 60 source files
+    for corpus in (builtin_code_documents, builtin_prose_documents):
+        derived = list(itertools.islice((d for d in corpus() if isinstance(d, Document)), 20))
+        assert len(derived) == 20
+        for doc in derived:
+            assert doc.split_key in raw and content_hash(doc) == content_hash(doc.split_key)
 
 
 def test_strip_docstrings_and_comments_keeps_the_code():

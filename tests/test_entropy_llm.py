@@ -93,7 +93,7 @@ def test_config_validation_and_presets():
 
 
 def test_flops_per_byte_hand_count():
-    c = EntropyConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=8)
+    c = EntropyConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=8, sliding_window=False)
     hidden = 96  # mlp_hidden(32): 8/3 * 32 = 85 -> rounded up to a multiple of 32
     matmul = 2 * (4 * 32 * 32 + 3 * 32 * hidden)
     attention = 4 * 32 * 4.5  # mean causal context over 8 positions is 4.5 keys

@@ -1,5 +1,6 @@
-"""entropy_patcher: invariants and causality for every method, streaming == batch == torch, hand-worked
-cases, calibration, the disk cache, pictures and the command line."""
+"""entropy_patcher: invariants and causality for every method and every scorer (one entropy model or an
+ensemble), streaming == batch == torch, hand-worked cases, calibration, the disk cache, pictures and the
+command line."""
 import html
 import json
 import os
@@ -37,6 +38,15 @@ from patch_pictures import format_patches, plot_entropies, terminal_view, write_
 FAST = settings(max_examples=150, deadline=None)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared CPU idle OpenMP threads spin: use one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     return MinimalLLM(EntropyConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=64)).eval()
@@ -47,11 +57,19 @@ def model():
     return tiny_model()
 
 
+COMBINES = [None, "mean", "max", "js"]  # None: one entropy model; else an ensemble of three
+
+
+def scorer(model, combine):
+    """What a patcher reads H from: the model itself, or an ensemble of it and two others."""
+    return model if combine is None else ep.EntropyEnsemble([model, tiny_model(1), tiny_model(2)], combine)
+
+
 # -------------------------------------------------------------------------------- reference
 
 
 def _word(b: int) -> bool:
-    return chr(b).isascii() and chr(b).isalnum() or b >= 0x80
+    return chr(b).isascii() and chr(b).isalnum() or b == ord("_") or b >= 0x80
 
 
 def reference_lengths(H, data: bytes, cfg: PatchConfig) -> list[int]:
@@ -156,34 +174,66 @@ def test_streaming_gives_exactly_the_batch_lengths(model, cfg, doc):
     assert starts == starts_of(patch_lengths_from_entropies(H, data, cfg))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_the_stream_with_its_entropy_model_gives_the_batch_lengths(model, method):
-    """next_starts_patch / push byte by byte (the entropy model on its own KV cache, across windows of 64)
-    == prefill of the whole == the batch rule on compute_entropies."""
+def middle_threshold(scores) -> float:
+    """Halfway across the widest gap between distinct scores of the middle half: the KV-cached stream's
+    entropies may differ from the batch's in the last float32 bits, which must not flip a start there."""
+    v = np.unique(np.asarray(scores, dtype=np.float64))
+    lo, hi = len(v) // 4, 3 * len(v) // 4
+    k = lo + int(np.argmax(np.diff(v[lo:hi + 1])))
+    return float((v[k] + v[k + 1]) / 2)
+
+
+@pytest.mark.parametrize("method, combine", [(m, None) for m in METHODS]
+                         + [(m, c) for m in ENTROPY_METHODS for c in COMBINES[1:]])  # ensembles: H methods
+def test_the_stream_with_its_entropy_model_gives_the_batch_lengths(model, method, combine):
+    """next_starts_patch / push byte by byte (each entropy model on its own KV cache, across windows of 64)
+    == prefill of the whole == the batch rule on the batch scores (compute_entropies, or an ensemble's)."""
     data = ("Streams and batches agree, window after window: é, ü, 42. " * 3).encode()
-    H = compute_entropies(model, data)
-    t = float(np.median(H if method != "monotonic" else np.diff(H)))
+    em = scorer(model, combine)
+    H = ep.document_entropies(em, [data])[0]
+    assert combine is not None or np.array_equal(H, compute_entropies(model, data))
+    t = middle_threshold(H if method != "monotonic" else np.diff(H.astype(np.float64)))
     cfg = PatchConfig(method=method, entropy_threshold=t, monotonic_threshold=0.0, min_patch_size=2,
                       max_patch_size=7, patch_size=3)
     want = starts_of(patch_lengths_from_entropies(H, data, cfg))
     assert len(data) > 2 * model.config.max_seq_len and 2 < len(want) <= len(data)
-    stream = EntropyPatcher(model, cfg).stream()
+    stream = EntropyPatcher(em, cfg).stream()
     starts = []
     for i, b in enumerate(data):
         if stream.next_starts_patch():
             starts.append(i)
         stream.push(b)
     assert starts == want
-    flags = EntropyPatcher(model, cfg).stream().prefill(data)
+    flags = EntropyPatcher(em, cfg).stream().prefill(data)
     assert [i for i, s in enumerate(flags) if s] == want
     # a prefilled stream continues as one fed byte by byte
-    s = EntropyPatcher(model, cfg).stream()
+    s = EntropyPatcher(em, cfg).stream()
     head = s.prefill(data[:100])
     tail = []
     for b in data[100:]:
         tail.append(s.next_starts_patch())
         s.push(b)
     assert [i for i, f in enumerate(head + tail) if f] == want
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+def test_causality_of_the_scores_a_changed_byte_moves_no_earlier_score_or_start(model, combine):
+    """Score i (H, or an ensemble's combined score) reads bytes < i only: changing byte j leaves scores
+    0..j and every start at or before j as they were, across the windows of 64 bytes."""
+    em = scorer(model, combine)
+    data = bytearray(b"causal scores over windows of sixty-four bytes, again and again. " * 3)
+    base = ep.document_entropies(em, [bytes(data)])[0]
+    cfg = PatchConfig(entropy_threshold=float(np.median(base)), min_patch_size=1, cache_patches=False)
+    starts = starts_of(patch_lengths_from_entropies(base, bytes(data), cfg))
+    for j in (0, 5, 63, 64, 100, len(data) - 1):
+        other = bytearray(data)
+        other[j] = (other[j] + 101) % 256
+        h = ep.document_entropies(em, [bytes(other)])[0]
+        assert np.array_equal(h[:j + 1], base[:j + 1]), f"byte {j} moved an earlier score"
+        if j + 1 < len(data):
+            assert not np.array_equal(h[j + 1:], base[j + 1:]), "the scores ignore the bytes"
+        s = starts_of(patch_lengths_from_entropies(h, bytes(other), cfg))
+        assert [x for x in s if x <= j] == [x for x in starts if x <= j]
 
 
 @FAST
@@ -232,6 +282,7 @@ def test_starts_to_lengths_scans_a_given_mask():
     (dict(method="space", min_patch_size=1), None, b"hi there", [3, 5]),
     (dict(method="space", min_patch_size=1), None, b"  a b", [4, 1]),  # leading space joins the first patch
     (dict(method="space", min_patch_size=1), None, "né là".encode(), [4, 3]),  # UTF-8 bytes are word bytes
+    (dict(method="space", min_patch_size=1), None, b"a_b c", [4, 1]),  # `_` is a word byte (DESIGN.md)
     (dict(method="space", min_patch_size=4), None, b"a b c d e f", [4, 4, 3]),
     (dict(method="byte"), None, b"abc", [1, 1, 1]),  # min_patch_size 4 does not apply
 ])
@@ -398,11 +449,13 @@ def test_entropy_analysis():
     assert a["std"] == pytest.approx(flat.std(), rel=1e-4)
     pct = [a["percentiles"][p] for p in (10, 25, 50, 75, 90, 95)]
     assert pct == sorted(pct)
-    assert set(a["thresholds_for_patch_size"]) == {2, 3, 4.5, 6, 8}
-    for size, t in a["thresholds_for_patch_size"].items():
-        cfg = PatchConfig(min_patch_size=1, entropy_threshold=t, cache_patches=False)
-        _, stats = EntropyPatcher(None, cfg).process_data(docs, entropies=ents)
-        assert abs(stats["mean_patch_size"] - size) <= 0.05 * size
+    assert set(a["thresholds_for_patch_size"]) == {"global", "monotonic"}
+    for method, by_size in a["thresholds_for_patch_size"].items():
+        assert set(by_size) == {2, 3, 4.5, 6, 8}
+        for size, t in by_size.items():
+            cfg = PatchConfig(method=method, min_patch_size=1, entropy_threshold=t, cache_patches=False)
+            _, stats = EntropyPatcher(None, cfg).process_data(docs, entropies=ents)
+            assert abs(stats["mean_patch_size"] - size) <= 0.05 * size, (method, size)
 
 
 def test_calibration_with_the_model(model):
@@ -460,7 +513,7 @@ def test_entropy_cache_hit_and_recompute_on_model_or_data_change(model, counted,
     first, s1 = EntropyPatcher(model, cfg).process_data(docs, cache_key="my data/v1")
     assert len(counted) == 1 and not s1["cache_hit"]
     (cached,) = os.listdir(tmp_path)
-    assert cached.startswith("my_data_v1-") and cached.endswith(".npy")
+    assert cached.startswith("my_data_v1-") and cached.endswith(".npz")
     again, s2 = EntropyPatcher(model, cfg).process_data(docs, cache_key="my data/v1")
     assert len(counted) == 1 and s2["cache_hit"] and again == first
     # another threshold: the same entropies (a hit), other patches recomputed from them
@@ -491,7 +544,8 @@ def test_a_corrupt_cache_file_is_recomputed(model, counted, tmp_path, garbage):
     assert os.path.exists(path)
     n = sum(map(len, docs))
     if garbage == "pickle":
-        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        with open(path, "wb") as f:  # a file object: np.save would add .npy to the cache's .npz name
+            np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     elif garbage == "npz":
         with open(path, "wb") as f:
             np.savez(f, x=np.zeros(n, np.float32))

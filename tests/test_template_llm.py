@@ -71,7 +71,8 @@ def test_config_vocab_rules_and_presets():
 
 def test_flops_per_byte_counts_the_head_and_scales_with_tokens_per_byte():
     byte_cfg = TemplateConfig(**TINY)
-    assert flops_per_byte(byte_cfg) == pytest.approx(entropy_flops_per_byte(EntropyConfig(**TINY)))
+    full_attention = EntropyConfig(**TINY, sliding_window=False)
+    assert flops_per_byte(byte_cfg) == pytest.approx(entropy_flops_per_byte(full_attention))
     bpe_cfg = TemplateConfig(tokenizer="bpe", vocab_size=1000, **TINY)
     per_token = flops_per_byte(byte_cfg) + 2 * 32 * (1000 - 256)  # same blocks, a wider head
     assert flops_per_byte(bpe_cfg, tokens_per_byte=0.25) == pytest.approx(0.25 * per_token)
