@@ -46,13 +46,13 @@ from common import (
     KVCache,
     RMSNorm,
     Rotary,
-    apply_rotary,
     block_flops_per_token,
     causal_context,
     config_from_dict,
     count_params,
     init_weights,
     mlp_hidden,
+    rotated_qkv,
     run_blocks,
     scale_residual_init,
 )
@@ -221,9 +221,9 @@ class WindowAttention(Attention):
         B, T, C = x.shape
         W = self.window
         if cache is not None and T == 1:  # one new position (generation): it sees the last W keys, unmasked
-            q, k, v = self.qkv(x).view(B, 1, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            k, v = cache.append(apply_rotary(k, cos, sin), v)  # (B, H, S, Dh)
-            y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), k[:, :, -W:], v[:, :, -W:])
+            q, k, v = rotated_qkv(self.qkv(x).view(B, 1, 3, self.n_heads, self.head_dim), cos, sin)
+            k, v = cache.append(k, v)  # (B, H, S, Dh)
+            y = F.scaled_dot_product_attention(q, k[:, :, -W:], v[:, :, -W:])
             return self.proj(y.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C)
         if T + (cache.len if cache is not None else 0) <= W:
             return super().forward(x, cos, sin, cache=cache)  # plain causal: nobody is more than W back
@@ -233,9 +233,8 @@ class WindowAttention(Attention):
             return super().forward(x, cos, sin, mask=window_mask(pos, pos0 + T, W), cache=cache)
         H, Dh = self.n_heads, self.head_dim
         n = -(-T // W)  # blocks
-        q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = F.pad(q, (0, 0, 0, n * W - T)).view(B, H * n, W, Dh)  # block i of head h at h*n + i
+        q, k, v = rotated_qkv(self.qkv(x).view(B, T, 3, H, Dh), cos, sin)  # 3x (B, H, T, Dh)
+        q = F.pad(q, (0, 0, 0, n * W - T)).reshape(B, H * n, W, Dh)  # block i of head h at h*n + i
         k, v = (F.pad(a, (0, 0, W, n * W - T)) for a in (k, v))  # (B, H, (n+1)*W, Dh): one block in front
         # keys of block i: block i-1 then block i (2W keys)
         k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)

@@ -40,22 +40,159 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (
-    Attention,
-    Block,
     CarriesConfig,
-    KVCache,
-    RMSNorm,
-    Rotary,
-    apply_rotary,
     block_flops_per_token,
     causal_context,
     config_from_dict,
     count_params,
     init_weights,
     mlp_hidden,
-    run_blocks,
     scale_residual_init,
 )
+
+# ----------------------------------------------------------------------------------------------------
+# common.py's layers as they were before issue 12 (frozen here too, so that a later speed-up of common.py
+# does not speed up this side as well)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm without bias (Zhang & Sennrich 2019); computed in fp32 for stability under bf16."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): cos/sin tables precomputed for max_len positions.
+
+    forward(start, length) slices positions start..start+length-1. Both are Python ints (a KV cache's
+    length), so no forward pass reads a tensor back to the host; a generation that runs past max_len
+    doubles the tables (a Python-side check, also sync-free).
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
+        super().__init__()
+        assert head_dim % 2 == 0, "rotary needs an even head dim"
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max(1, max_len))
+
+    def _build(self, n: int):
+        t = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)  # (n, Dh/2)
+        # buffers: they follow .to(device) with the model, and stay out of the state dict
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, start: int, length: int):
+        """cos, sin (length, Dh/2) for positions start..start+length-1."""
+        if start + length > self.cos.size(0):
+            self._build(max(start + length, 2 * self.cos.size(0)))
+        return self.cos[start:start + length], self.sin[start:start + length]
+
+
+def apply_rotary(x, cos, sin):
+    """x (B, H, T, Dh); rotates pairs (first half, second half) of the head dim."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding, preallocated to max_len."""
+
+    def __init__(self, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype):
+        self.k = torch.zeros(batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.len = 0
+
+    def append(self, k, v):
+        """k, v (B, H, T, Dh) -> all keys and values so far, (B, H, S, Dh)."""
+        t = k.size(2)
+        if self.len + t > self.k.size(2):  # grow instead of failing on long generations
+            extra = max(t, self.k.size(2))
+            self.k = torch.cat([self.k, torch.zeros_like(self.k[:, :, :extra])], dim=2)
+            self.v = torch.cat([self.v, torch.zeros_like(self.v[:, :, :extra])], dim=2)
+        self.k[:, :, self.len:self.len + t] = k
+        self.v[:, :, self.len:self.len + t] = v
+        self.len += t
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions through scaled_dot_product_attention.
+
+    `mask` is None (plain causal), or a boolean mask broadcastable to (B, H, T, S) where True = may attend.
+    With a KVCache the new keys are appended and the queries attend to everything cached (plus `mask`).
+    """
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        assert dim % n_heads == 0, f"width {dim} is not divisible by {n_heads} heads"
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3x (B, H, T, Dh)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, S, Dh)
+        if mask is None and cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif mask is None:  # cached decoding: query t sits at absolute position S - T + t
+            S = k.size(2)
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        h = self.down.in_features  # two matmuls on the weight's halves: contiguous outputs, no strided chunk
+        a, b = F.linear(x, self.up.weight[:h]), F.linear(x, self.up.weight[h:])
+        return self.down(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, n_heads: int, hidden: int | None = None):
+        super().__init__()
+        self.attn_norm = RMSNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp = MLP(dim, hidden or mlp_hidden(dim))
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask=mask, cache=cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def run_blocks(blocks, x, cos, sin, mask=None, caches: list[KVCache] | None = None):
+    """x (B, T, C) through a stack of blocks; with caches (one per block) the T positions follow the
+    cache."""
+    for i, block in enumerate(blocks):
+        x = block(x, cos, sin, mask=mask, cache=caches[i] if caches else None)
+    return x
 
 V = 256  # byte classes
 
