@@ -16,7 +16,10 @@ Protocol (DESIGN.md, "The comparison protocol"):
 - Runs (--runs): byte and bpe (template_llm.py, a plain transformer over bytes or a BPE learned from the
   training documents), blt-static[-N] (fixed patches of N bytes, default 4), blt-space, and
   blt-entropy-[METHOD-]SIZE (METHOD global (default), monotonic or global_monotonic, its thresholds
-  calibrated on training documents to SIZE bytes per patch).
+  calibrated on training documents to SIZE bytes per patch), blt-entropy-ensemble[-COMBINE]-SIZE (global
+  thresholds on the combined score of the study's entropy model and a second one trained the same way with
+  seed+1, OUT/entropy_model_seed2.pth; COMBINE mean (default), max or js; its patching and entropy training
+  FLOPs the sum of both models').
 - Equal context: every model trains on rows covering context_bytes bytes (BPE: context_bytes x its measured
   tokens per byte tokens) and scores each held-out document in windows of its row length overlapping by
   half, so every scored byte has half a row of context, or the whole document before it.
@@ -48,7 +51,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,6 +66,7 @@ from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_mo
 
 RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-4.5", "blt-entropy-6", "blt-entropy-8")
 ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")
+SECOND_ENTROPY_MODEL = "entropy_model_seed2.pth"  # an ensemble run's second entropy model, under --out
 LN2 = math.log(2)
 MATCH_TOLERANCE = 0.10  # every run's forward FLOPs per byte within 10% of the BPE baseline's
 
@@ -107,7 +111,8 @@ QUICK_RUNS = ("byte", "bpe", "blt-space", "blt-entropy-4.5", "blt-entropy-8")
 
 
 def parse_run(name: str) -> dict:
-    """What a run name asks for: {"tokenizer"} for the baselines, {"method", "size"} for a BLT."""
+    """What a run name asks for: {"tokenizer"} for the baselines, {"method", "size"} for a BLT (an
+    ensemble of two entropy models adds {"ensemble": its combine rule})."""
     if name in ("byte", "bpe"):
         return {"tokenizer": "bytes" if name == "byte" else "bpe"}
     if name == "blt-space":
@@ -117,8 +122,12 @@ def parse_run(name: str) -> dict:
     if m := re.fullmatch(r"blt-entropy-(?:(global|monotonic|global_monotonic)-)?(\d+(?:\.\d+)?)", name):
         if float(m.group(2)) >= 1:
             return {"method": m.group(1) or "global", "size": float(m.group(2))}
-    raise ValueError(f"unknown run {name!r}: byte, bpe, blt-static[-N], blt-space or "
-                     "blt-entropy-[global-|monotonic-|global_monotonic-]SIZE")
+    if m := re.fullmatch(r"blt-entropy-ensemble-(?:(mean|max|js)-)?(\d+(?:\.\d+)?)", name):
+        if float(m.group(2)) >= 1:
+            return {"method": "global", "size": float(m.group(2)), "ensemble": m.group(1) or "mean"}
+    raise ValueError(f"unknown run {name!r}: byte, bpe, blt-static[-N], blt-space, "
+                     "blt-entropy-[global-|monotonic-|global_monotonic-]SIZE or "
+                     "blt-entropy-ensemble-[mean-|max-|js-]SIZE")
 
 
 def checkpoint_path(out_dir: str, name: str, budget: float, seed: int) -> str:
@@ -228,6 +237,7 @@ class Setup:
     tokens_per_byte: float
     target: float  # the BPE baseline's forward FLOPs per byte
     datasets: dict  # BLT run name -> tb.PatchedDataset
+    entropy_train_flops: dict = field(default_factory=dict)  # BLT run name -> its entropy models' training
 
 
 def template_config(name: str, study: StudyConfig, setup: Setup) -> tl.TemplateConfig:
@@ -278,6 +288,7 @@ def run_one(name: str, budget: float, seed: int, study: StudyConfig, setup: Setu
         cfg = tcfg
         extra = {"mean_patch_size": rep["mean_patch_size"], "params_no_hash": rep["params_without_hash"],
                  "patching_flops_per_byte": setup.datasets[name].patching_flops_per_byte,
+                 "entropy_train_flops": setup.entropy_train_flops.get(name, 0.0),
                  "entropy_threshold": rep["entropy_threshold"], "model_config": dataclasses.asdict(mcfg)}
     if len(rep["doc_nats"]) != len(setup.val_docs):
         raise RuntimeError(f"{name}: scored {len(rep['doc_nats'])} held-out documents, not "
@@ -310,9 +321,11 @@ def entropy_facts(path: str, model, train_docs: list[bytes]) -> dict:
             "window_overlap": overlap, "patching_flops_per_byte": fpb * overlap}
 
 
-def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir, patching_fpb=0.0
-            ) -> Setup:
-    """The split, the BPE (once), its tokens per byte, the FLOP target and every BLT run's patched data."""
+def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir, patching_fpb=0.0,
+            second=None) -> Setup:
+    """The split, the BPE (once), its tokens per byte, the FLOP target and every BLT run's patched data.
+
+    second: (model, path, patching FLOPs per byte) of an ensemble run's second entropy model."""
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any documents")
@@ -328,8 +341,15 @@ def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir
         pcfg = tb.patch_config(method=spec["method"], target_patch_size=size, patch_size=max(1, round(size)),
                                cache_dir=os.path.join(out_dir, "patch_cache"),
                                max_patch_size=min(64, study.context_bytes))
-        ds = tb.prepare_dataset(docs, pcfg, entropy_model if pcfg.needs_entropy else None, entropy_path)
-        ds.patching_flops_per_byte = patching_fpb if pcfg.needs_entropy else 0.0
+        if "ensemble" in spec:  # the study's entropy model and the second one, combined
+            if second is None:
+                raise ValueError(f"{name}: an ensemble run needs the second entropy model")
+            ds = tb.prepare_dataset(docs, pcfg, [entropy_model, second[0]], [entropy_path, second[1]],
+                                    combine=spec["ensemble"])
+            ds.patching_flops_per_byte = patching_fpb + second[2]
+        else:
+            ds = tb.prepare_dataset(docs, pcfg, entropy_model if pcfg.needs_entropy else None, entropy_path)
+            ds.patching_flops_per_byte = patching_fpb if pcfg.needs_entropy else 0.0
         setup.datasets[name] = ds
     return setup
 
@@ -365,6 +385,7 @@ def summarize(results: list[dict], study: StudyConfig, doc_bytes) -> list[dict]:
              **{k: float(np.mean([r[k] for r in rs])) for k in
                 ("flops_per_byte", "train_flops", "bytes_seen", "params", "mean_patch_size",
                  "patching_flops_per_byte")},
+             "entropy_train_flops": float(np.mean([r.get("entropy_train_flops", 0.0) for r in rs])),
              "diff_vs_bpe": None, "diff_ci": None, "verdict": None}
         bpe = groups.get(("bpe", budget))
         if bpe and name != "bpe":
@@ -436,12 +457,17 @@ def results_markdown(summary: list[dict], info: dict, study: StudyConfig, comman
               f"Entropy model: {ent.get('params', 0):,} params, "
               + (f"{etrain:.3g} training FLOPs (charged in full to every entropy run below), " if etrain else
                  "training FLOPs unknown, ")
-              + f"{ent.get('patching_flops_per_byte', 0) / 1e6:.3f}M patching FLOPs per byte.", "",
+              + f"{ent.get('patching_flops_per_byte', 0) / 1e6:.3f}M patching FLOPs per byte."
+              + ("" if not (two := ent.get("second")) else
+                 f" Second entropy model of the ensemble runs ({SECOND_ENTROPY_MODEL}, seed + 1): "
+                 f"{two.get('params', 0):,} params, {two.get('train_flops') or 0:.3g} training FLOPs, "
+                 f"{two.get('patching_flops_per_byte', 0) / 1e6:.3f}M patching FLOPs per byte; an ensemble "
+                 "run is charged both models' costs."), "",
               "| run | budget | fwd FLOPs/byte | patching FLOPs/byte | incl. patching | training FLOPs "
               "| entropy model training | incl. entropy model |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         p = s["patching_flops_per_byte"]
-        e = etrain if p else 0.0
+        e = s.get("entropy_train_flops", etrain if p else 0.0)
         lines.append(f"| {s['name']} | {s['budget']:.3g} | {s['flops_per_byte'] / 1e6:.3f}M | "
                      f"{p / 1e6:.3f}M | "
                      f"{(s['flops_per_byte'] + p) / 1e6:.3f}M | {s['train_flops']:.3g} | {e:.3g} | "
@@ -540,21 +566,24 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
         parse_run(name)
     seeds = [study.seed + k for k in range(study.seeds)]
     needs_entropy = any(parse_run(r).get("method") in ENTROPY_METHODS for r in runs)
+    needs_second = any("ensemble" in parse_run(r) for r in runs)
     if entropy_model_path is None:
         entropy_model_path = (os.path.join(out_dir, "entropy_model.pth") if train_entropy
                               else "entropy_model.pth")
+    second_path = os.path.join(out_dir, SECOND_ENTROPY_MODEL)
     planned = [checkpoint_path(out_dir, n, b, s) for b in study.budgets for s in seeds for n in runs]
-    refuse_existing(planned + ([entropy_model_path] if needs_entropy and train_entropy else []), overwrite)
+    refuse_existing(planned + ([entropy_model_path] if needs_entropy and train_entropy else [])
+                    + ([second_path] if needs_second and train_entropy else []), overwrite)
     os.makedirs(out_dir, exist_ok=True)
     docs = load_corpus(data, study.max_bytes, text_field=text_field)
     train_docs, val_docs = split_documents(docs)
     print(f"study: {len(train_docs)} training documents ({sum(map(len, train_docs)):,} bytes), "
           f"{len(val_docs)} held-out ({sum(map(len, val_docs)):,} bytes); budgets "
           f"{', '.join(f'{b:.3g}' for b in study.budgets)} training FLOPs; seeds {seeds}")
-    entropy_model, entropy_info = None, {}
+    entropy_model, entropy_info, second = None, {}, None
     if needs_entropy:
+        steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
         if train_entropy:
-            steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
             ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed,
                                             **steps)
             erep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, entropy_model_path, device)
@@ -564,8 +593,29 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
                                   "this corpus's training documents")
         entropy_model = load_entropy_model(entropy_model_path, pick_device(device))
         entropy_info.update(entropy_facts(entropy_model_path, entropy_model, train_docs))
+    if needs_second:  # the ensemble runs' second entropy model: the first's training with seed + 1
+        info2 = {}
+        if train_entropy:
+            ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed + 1,
+                                            **steps)
+            print(f"\n=== second entropy model (seed {study.seed + 1}) for the ensemble runs ===")
+            info2 = {"val_bpb": entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, second_path,
+                                                                device)["val_bpb"], "trained_here": True}
+        elif not os.path.exists(second_path):
+            raise CheckpointError(f"{second_path}: no such file; the ensemble runs need a second entropy "
+                                  "model: add --train_entropy to train both on this corpus's training "
+                                  "documents")
+        model2 = load_entropy_model(second_path, pick_device(device))
+        info2.update(entropy_facts(second_path, model2, train_docs))
+        entropy_info["second"] = info2
+        second = (model2, os.path.abspath(second_path), info2["patching_flops_per_byte"])
     setup = prepare(study, docs, runs, entropy_model, os.path.abspath(entropy_model_path), out_dir,
-                    entropy_info.get("patching_flops_per_byte", 0.0))
+                    entropy_info.get("patching_flops_per_byte", 0.0), second)
+    for name in setup.datasets:
+        if setup.datasets[name].patch_config.needs_entropy:
+            costs = [entropy_info.get("train_flops")] + ([entropy_info["second"].get("train_flops")]
+                                                         if "ensemble" in parse_run(name) else [])
+            setup.entropy_train_flops[name] = float(sum(c or 0.0 for c in costs))
     fpb = check_sizes(study, setup, runs)
     reference = reference if reference is not None else entropy_model
     boundary = boundary_figures(setup.datasets, reference)
@@ -592,7 +642,8 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
                                           study.seed)
             r["diff_vs_bpe"], r["diff_ci"] = d, [lo, hi]
     summary = summarize(results, study, doc_bytes)
-    entropy_runs = [n for n in setup.datasets if setup.datasets[n].patch_config.needs_entropy]
+    entropy_runs = [n for n in setup.datasets if setup.datasets[n].patch_config.needs_entropy
+                    and setup.datasets[n].combine is None]  # the paragraph shows one model's entropies
     paragraph = held_out_paragraph(setup.datasets[entropy_runs[0]], entropy_model) if entropy_runs else None
     plots = plot_study(summary, setup.datasets, out_dir, paragraph)
     info = {"runs": [{k: v for k, v in r.items() if k != "doc_nats"} for r in results], "summary": summary,
@@ -711,7 +762,8 @@ def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: lis
     """Entropy models on the first F of the training bytes (each F, the same steps) and on `other`'s
     training documents; for each its held-out BPB on `data`, then one BLT run (the first entropy run of
     `runs`) at the first budget. Boundary enrichment is read under the model of the largest fraction."""
-    run = next((r for r in runs if parse_run(r).get("method") in ENTROPY_METHODS), "blt-entropy-4.5")
+    run = next((r for r in runs if parse_run(r).get("method") in ENTROPY_METHODS
+                and "ensemble" not in parse_run(r)), "blt-entropy-4.5")
     study = dataclasses.replace(study, flops_budgets=str(study.budgets[0]), seeds=1)
     train_docs, val_docs = split_documents(load_corpus(data, study.max_bytes, text_field=text_field))
     total = sum(map(len, train_docs))
@@ -779,7 +831,8 @@ def main(argv=None):
                         "--train_entropy (default OUT/entropy_model.pth)")
     p.add_argument("--overwrite", action="store_true", help="replace models already in --out")
     p.add_argument("--runs", default=None, help="comma-separated: byte, bpe, blt-static[-N], blt-space, "
-                   f"blt-entropy-[METHOD-]SIZE (default: {','.join(RUN_NAMES)})")
+                   "blt-entropy-[METHOD-]SIZE, blt-entropy-ensemble-[COMBINE-]SIZE "
+                   f"(default: {','.join(RUN_NAMES)})")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
     p.add_argument("--report", default=None, help="also write results.json's content here")
     p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), and "

@@ -71,12 +71,14 @@ from common import (
     write_report,
 )
 from entropy_patcher import (
+    EntropyEnsemble,
     EntropyPatcher,
     PatchConfig,
     cached_entropies,
     calibrate,
     patch_lengths_from_entropies,
     patcher_from_meta,
+    patching_flops_per_byte,
 )
 from patch_pictures import format_patches, patch_statistics
 from save_entropy_model import (
@@ -165,9 +167,10 @@ class PatchedDataset:
     val_docs: list[bytes]
     val_lengths: list[np.ndarray]
     patch_config: PatchConfig  # resolved: a calibrated threshold, never None
-    entropy_model_path: str | None = None
-    entropy_fingerprint: str | None = None
-    patching_flops_per_byte: float = 0.0  # the entropy model's forward cost per patched byte
+    entropy_model_path: str | list[str] | None = None  # an ensemble: one path per model, in order
+    entropy_fingerprint: str | list[str] | None = None  # an ensemble: one fingerprint per model
+    patching_flops_per_byte: float = 0.0  # the entropy model's forward cost per patched byte (ensemble: sum)
+    combine: str | None = None  # an ensemble's combine rule (entropy_patcher.COMBINES); None: one model
 
     @property
     def mean_patch_size(self) -> float:
@@ -182,7 +185,10 @@ class PatchedDataset:
             digest.update(self.train_docs.info["sha256"].encode() + self.train_docs.index.tobytes())
         for d in self.train_docs if not isinstance(self.train_docs, MappedCorpus) else ():
             digest.update(len(d).to_bytes(8, "little") + d)
-        return {"patch": EntropyPatcher(None, self.patch_config).to_meta(),
+        patch = EntropyPatcher(None, self.patch_config).to_meta()
+        if self.combine is not None:  # what EntropyPatcher.to_meta writes for an ensemble
+            patch["ensemble"] = {"combine": self.combine, "models": len(self.entropy_fingerprint)}
+        return {"patch": patch,
                 "entropy_model": self.entropy_model_path, "entropy_fingerprint": self.entropy_fingerprint,
                 "mean_patch_size": self.mean_patch_size, "train_data": digest.hexdigest()}
 
@@ -200,12 +206,25 @@ def entropy_training_record(path: str) -> list | None:
 
 
 def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
-                    entropy_model_path: str | None = None) -> PatchedDataset:
+                    entropy_model_path: str | list[str] | None = None, combine: str | None = None
+                    ) -> PatchedDataset:
     """Split, compute entropies (cached), calibrate on the training split, patch every document.
 
     The entropy model must not have trained on a held-out document: its patches (and so the BLT's held-out
     BPB) would then carry knowledge of them. Checked against the record its checkpoint keeps.
+
+    An ensemble: entropy_model a list of models and entropy_model_path the list of their paths (same
+    order), combined by `combine` (default mean; entropy_patcher.EntropyEnsemble): patched and calibrated
+    on the combined score, each model checked, every path and fingerprint recorded.
     """
+    ensemble = isinstance(entropy_model, (list, tuple))
+    if combine is not None and not ensemble:
+        raise ValueError("combine= makes an ensemble: pass a list of entropy models")
+    if ensemble:
+        paths = entropy_model_path if entropy_model_path is not None else [None] * len(entropy_model)
+        if isinstance(paths, str) or len(paths) != len(entropy_model):
+            raise ValueError(f"an ensemble of {len(entropy_model)} entropy models needs as many paths")
+        entropy_model_path, combine = list(paths), combine or 'mean'
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any bytes for validation")
@@ -214,9 +233,16 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
     if config.needs_entropy:
         if entropy_model is None:
             raise ValueError(f"patching method '{config.method}' needs an entropy model")
-        check_entropy_model_is_clean(entropy_model_path, docs, val_docs)
-        fingerprint = model_fingerprint(entropy_model)
-        if isinstance(train_docs, MappedCorpus):  # entropy_llm.py --precompute wrote them beside the bytes
+        if ensemble:
+            for path in entropy_model_path:
+                check_entropy_model_is_clean(path, docs, val_docs)
+            fingerprint = [model_fingerprint(m) for m in entropy_model]
+            entropy_model = EntropyEnsemble(entropy_model, combine)
+        else:
+            check_entropy_model_is_clean(entropy_model_path, docs, val_docs)
+            fingerprint = model_fingerprint(entropy_model)
+        # entropy_llm.py --precompute wrote one model's entropies beside the bytes (an ensemble: computed)
+        if isinstance(train_docs, MappedCorpus) and not ensemble:
             train_h, val_h = (precomputed_entropies(d, fingerprint) for d in (train_docs, val_docs))
             if train_h is None:
                 print(f"note: {train_docs.folder} holds no precomputed entropies of this entropy model; "
@@ -231,10 +257,10 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
             config = calibrate(config, entropy_model, list(train_docs[:k]), entropies=list(train_h[:k]))
         else:
             config = calibrate(config, entropy_model, train_docs, entropies=train_h)
-        patch_flops = 2 * entropy_llm.flops_per_byte(entropy_model.config)  # windows overlap by half
+        patch_flops = patching_flops_per_byte(entropy_model)  # windows overlap by half; ensemble: sum
     return PatchedDataset(train_docs, document_lengths(train_docs, train_h, config), val_docs,
                           document_lengths(val_docs, val_h, config), config, entropy_model_path, fingerprint,
-                          patch_flops)
+                          patch_flops, combine if ensemble and config.needs_entropy else None)
 
 
 def check_entropy_model_is_clean(path: str | None, docs: list[bytes], val_docs: list[bytes]):
@@ -484,16 +510,23 @@ def load_blt(path: str, device="cpu") -> BLTModel:
     if patch is None:
         raise CheckpointError(f"{path}: carries no patch config (not written by train_blt.py)")
     model = model_from_state(state, path).to(device).eval()
-    pc = config_from_dict(PatchConfig, patch)
+    pc = config_from_dict(PatchConfig, {k: v for k, v in patch.items() if k != "ensemble"})
     entropy_model = None
     if pc.needs_entropy:
         epath = meta.get("entropy_model", meta.get("entropy_model_path"))
         if not epath:
             raise CheckpointError(f"{path}: trained with entropy patching but names no entropy model")
-        entropy_model = load_entropy_model(epath, device=device)
-        if model_fingerprint(entropy_model) != meta.get("entropy_fingerprint"):
-            raise CheckpointError(f"{path}: its entropy model {epath} has changed since training "
-                                  "(fingerprint differs)")
+        many = isinstance(epath, list)  # an ensemble: its models' paths and fingerprints, in order
+        paths = epath if many else [epath]
+        prints = meta.get("entropy_fingerprint") if many else [meta.get("entropy_fingerprint")]
+        if not isinstance(prints, list) or len(prints) != len(paths):
+            raise CheckpointError(f"{path}: names {len(paths)} entropy models but not a fingerprint for each")
+        models = [load_entropy_model(p, device=device) for p in paths]
+        for p, m, fp in zip(paths, models, prints):
+            if model_fingerprint(m) != fp:
+                raise CheckpointError(f"{path}: its entropy model {p} has changed since training "
+                                      "(fingerprint differs)")
+        entropy_model = models if many else models[0]
     model.patcher = patcher_from_meta(patch, entropy_model)
     return model
 

@@ -351,3 +351,108 @@ def test_the_entropy_models_data_study(tmp_path, monkeypatch):
     assert "| builtin:prose (other domain) |" in (out / "entropy_data.md").read_text()
     with pytest.raises(SystemExit):
         wf.main([*STUDY_TINY, "--entropy_data_fraction", "0,2", "--out", str(out)])
+
+
+# -------------------------------------------------------------------------------- a BLT on ensemble patches
+
+
+@pytest.fixture(scope="module")
+def two_saved(tmp_path_factory):
+    """Two tiny entropy models saved to disk (the ensemble a BLT trains on) and a small corpus."""
+    folder = tmp_path_factory.mktemp("ens")
+    paths = [str(folder / f"e{k}.pth") for k in range(2)]
+    for k, path in enumerate(paths):
+        save_checkpoint(tiny_model(k), path)
+    rng = np.random.default_rng(0)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"(x)", b"\n", b"    ", b"return", b"=", b"0x1f"]
+    docs = [b" ".join(words[j] for j in rng.integers(0, len(words), 200)) for _ in range(20)]
+    return paths, docs
+
+
+def test_prepare_dataset_patches_on_the_ensembles_combined_score(two_saved, tmp_path):
+    import train_blt as tb
+    from save_entropy_model import load_entropy_model, model_fingerprint
+
+    paths, docs = two_saved
+    ms = [load_entropy_model(p) for p in paths]
+    pc = tb.patch_config(max_patch_size=16, cache_dir=str(tmp_path), target_patch_size=4.5)
+    ds = tb.prepare_dataset(docs, pc, ms, paths, combine="max")
+    assert ds.combine == "max" and ds.entropy_model_path == paths
+    assert ds.entropy_fingerprint == [model_fingerprint(m) for m in ms]
+    assert ds.patching_flops_per_byte == patching_flops_per_byte(EntropyEnsemble(ms, "max"))
+    assert abs(ds.mean_patch_size - 4.5) < 0.5
+    ens = EntropyPatcher(ms, ds.patch_config, combine="max")
+    def listed(lengths):
+        return [n.tolist() for n in lengths]
+
+    assert listed(ds.train_lengths) == listed(ens.document_patch_lengths(ds.train_docs))
+    assert listed(ds.val_lengths) == listed(ens.document_patch_lengths(ds.val_docs))
+    one = EntropyPatcher(ms[0], ds.patch_config)  # the first model alone at that threshold patches otherwise
+    assert listed(ds.train_lengths) != listed(one.document_patch_lengths(ds.train_docs))
+    assert ds.meta()["patch"]["ensemble"] == {"combine": "max", "models": 2}
+    assert ds.meta()["entropy_model"] == paths
+    with pytest.raises(ValueError, match="as many paths"):
+        tb.prepare_dataset(docs, pc, ms, paths[:1])
+    with pytest.raises(ValueError, match="ensemble"):
+        tb.prepare_dataset(docs, pc, ms[0], paths[0], combine="max")
+
+
+def test_a_blt_trained_on_ensemble_patches_reloads_with_its_ensemble(two_saved, tmp_path):
+    import shutil
+
+    import train_blt as tb
+    from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
+
+    paths, docs = two_saved
+    paths = [str(shutil.copy(p, tmp_path / f"m{k}.pth")) for k, p in enumerate(paths)]
+    ms = [load_entropy_model(p) for p in paths]
+    pc = tb.patch_config(max_patch_size=16, cache_dir=str(tmp_path), target_patch_size=4.5)
+    ds = tb.prepare_dataset(docs, pc, ms, paths, combine="js")
+    ckpt = str(tmp_path / "blt.pth")
+    cfg = tb.train_config(max_bytes=60_000, batch_size=2, max_steps=2, eval_interval=0, ckpt_interval=0,
+                          warmup_steps=1, eval_max_bytes=2_000)
+    tb.train_blt(tb.build_model(tb.model_config("tiny")), ds, cfg, ckpt, "cpu")
+    blt = tb.load_blt(ckpt)
+    e = blt.patcher.entropy_model
+    assert isinstance(e, EntropyEnsemble) and e.config.combine == "js"
+    assert [model_fingerprint(m) for m in e.models] == [model_fingerprint(m) for m in ms]
+    assert blt.patcher.config.entropy_threshold == ds.patch_config.entropy_threshold
+    assert blt.patcher.patch_lengths(ds.val_docs[0]).tolist() == ds.val_lengths[0].tolist()
+    save_checkpoint(tiny_model(5), paths[1])  # the second model changed since training: refused
+    with pytest.raises(CheckpointError, match="m1.pth has changed"):
+        tb.load_blt(ckpt)
+
+
+def test_the_study_trains_a_blt_on_an_ensemble_of_two_entropy_models(tmp_path, monkeypatch, capsys):
+    import complete_entropy_workflow as wf
+    from save_entropy_model import load_entropy_model, model_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ens"
+    assert wf.main([*STUDY_TINY, "--train_entropy", "--runs", "bpe,blt-entropy-ensemble-4.5",
+                    "--out", str(out)]) == 0
+    info = json.loads((out / "results.json").read_text())
+    first, second = info["entropy_model"], info["entropy_model"]["second"]
+    assert second["checkpoint"] == str(out / "entropy_model_seed2.pth") and second["trained_here"]
+    m1, m2 = (load_entropy_model(str(out / f)) for f in ("entropy_model.pth", "entropy_model_seed2.pth"))
+    assert model_fingerprint(m1) != model_fingerprint(m2)  # seed + 1: another model
+    run = {r["name"]: r for r in info["runs"]}["blt-entropy-ensemble-4.5"]
+    assert run["patching_flops_per_byte"] == pytest.approx(first["patching_flops_per_byte"]
+                                                           + second["patching_flops_per_byte"])
+    assert first["train_flops"] > 0 and run["entropy_train_flops"] == pytest.approx(first["train_flops"]
+                                                                                    + second["train_flops"])
+    assert math.isfinite(run["val_bpb"]) and abs(run["mean_patch_size"] - 4.5) < 0.5
+    blt = wf.tb.load_blt(run["checkpoint"])
+    assert [model_fingerprint(m) for m in blt.patcher.entropy_model.models] == [model_fingerprint(m1),
+                                                                               model_fingerprint(m2)]
+    assert blt.patcher.entropy_model.config.combine == "mean"
+    assert "Second entropy model" in (out / "results.md").read_text()
+    (out / "entropy_model.pth").rename(out / "first.pth")
+    (out / "results.json").unlink()
+    for f in out.glob("*-seed*.pth"):
+        if f.name != "entropy_model_seed2.pth":
+            f.unlink()
+    capsys.readouterr()  # the second model alone is refused too, unless --overwrite
+    assert wf.main([*STUDY_TINY, "--train_entropy", "--runs", "blt-entropy-ensemble-4.5",
+                    "--out", str(out)]) == 2
+    assert "entropy_model_seed2.pth exists" in capsys.readouterr().err

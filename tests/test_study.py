@@ -73,7 +73,10 @@ def test_run_names():
     assert wf.parse_run("blt-entropy-4.5") == {"method": "global", "size": 4.5}
     assert wf.parse_run("blt-entropy-global_monotonic-8") == {"method": "global_monotonic", "size": 8.0}
     assert wf.parse_run("bpe") == {"tokenizer": "bpe"}
-    for bad in ("blt-entropy-0.5", "blt-entropy-foo-4", "gpt"):
+    assert wf.parse_run("blt-entropy-ensemble-4.5") == {"method": "global", "size": 4.5, "ensemble": "mean"}
+    assert wf.parse_run("blt-entropy-ensemble-js-6") == {"method": "global", "size": 6.0, "ensemble": "js"}
+    for bad in ("blt-entropy-0.5", "blt-entropy-foo-4", "gpt", "blt-entropy-ensemble-sum-4",
+                "blt-entropy-ensemble-0.5", "blt-entropy-ensemble"):
         with pytest.raises(ValueError):
             wf.parse_run(bad)
 
