@@ -27,14 +27,7 @@ from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies
 from entropy_patcher import EntropyPatcher, PatchConfig, patch_lengths_batch
 from save_entropy_model import CheckpointError, load_model, save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU idle OpenMP threads spin: use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run on one thread
 
 
 TEXT = (b"The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! "

@@ -38,13 +38,7 @@ from patch_pictures import format_patches, plot_entropies, terminal_view, write_
 FAST = settings(max_examples=150, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU idle OpenMP threads spin: use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run on one thread
 
 
 def tiny_model(seed=0):

@@ -29,14 +29,7 @@ from entropy_patcher import (
 from patch_pictures import boundary_quality, format_analysis, plot_entropy_histograms
 from save_entropy_model import save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU idle OpenMP threads spin: use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run on one thread
 
 
 def tiny_model(seed=0, window=64):
