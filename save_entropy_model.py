@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from common import atomic_write, config_from_dict, count_params, write_report
+from common import CarriesConfig, atomic_write, config_from_dict, count_params, write_report
 
 # kind -> "module:Class", imported by name when a checkpoint of that kind is loaded: this module depends on
 # common only (every model module may import it), and loading one kind never imports the others
@@ -31,7 +34,7 @@ MODEL_KINDS = {
     "entropy_llm": "entropy_llm:MinimalLLM",
     "blt": "blt_model:BLTModel",
     "template_llm": "template_llm:TemplateLLM",
-    "hf_blt_patcher": "entropy_llm:HFEntropyModel",  # Meta's released entropy model (hf:)
+    "hf_blt_patcher": "save_entropy_model:HFEntropyModel",  # Meta's released entropy model (hf:)
 }
 HF_ENTROPY_KIND = "hf_blt_patcher"
 ENTROPY_KINDS = ("entropy_llm", HF_ENTROPY_KIND)
@@ -39,6 +42,12 @@ ENTROPY_KINDS = ("entropy_llm", HF_ENTROPY_KIND)
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message is one line naming the file and the problem."""
+
+
+def _first_lines(e: BaseException, width: int = 160, lines: int = 1) -> str:
+    """The start of an exception's message, for a one-line error."""
+    text = str(e).strip().splitlines()
+    return " ".join(text[:lines])[:width] if text else type(e).__name__
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -87,9 +96,8 @@ def load_checkpoint(path: str, kind: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files; name the file instead
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
-                              f"{first[:120]})") from None
+                              f"{_first_lines(e, 120)})") from None
     extra = state.get("_extra_state") if isinstance(state, dict) else None
     if not isinstance(extra, dict) or "kind" not in extra:
         raise CheckpointError(f"{path}: not a checkpoint of this repository (no model kind or config inside)")
@@ -125,8 +133,7 @@ def model_from_state(state: dict, path: str = "checkpoint") -> nn.Module:
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()
-        why = " ".join(first[:2])[:200]
+        why = _first_lines(e, 200, lines=2)
         raise CheckpointError(f"{path}: weights do not fit the saved config: {why}") from None
     return model
 
@@ -157,8 +164,7 @@ def load_into(model: nn.Module, path: str) -> dict:
     try:
         unwrap(model).load_state_dict(state)
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: {' '.join(first[:2])[:200]}") from None
+        raise CheckpointError(f"{path}: {_first_lines(e, 200, lines=2)}") from None
     return state["_extra_state"]
 
 
@@ -190,14 +196,193 @@ def describe(path: str) -> str:
         lines.append(f"meta:    {k} = {v!r}")
     return "\n".join(lines)
 
+
 # ----------------------------------------------------------------------------------------------------
-# hf:NAME_OR_DIR: Meta's released entropy model, a Hugging Face BLT checkpoint's patcher (HFEntropyModel).
-# transformers, huggingface_hub and safetensors are imported only here, when such a model is loaded.
+# Meta's released entropy model: a Hugging Face BLT checkpoint's patcher behind MinimalLLM's contract
+#
+#     model = load_entropy_model("hf:itazap/blt-1b-hf")    # save_entropy_model: a hub name or a folder
+#     H = compute_entropies(model, b"some bytes")          # nats, transformers' own patcher's entropies
+#
+# The patcher's ids are 0 BOE, 1 BOS, 2 EOS, 3 PAD, and byte b is id b + 4; it is an ordinary causal LM
+# over a document fed as [BOS, b0+4, b1+4, ...]. forward() feeds [BOS, idx[:, :-1] + 4], so logits[:, t]
+# predicts byte t and BOS plays MinimalLLM's start vector. transformers' patching makes byte j a start
+# when the entropy of its prediction exceeds the threshold (byte 0 always): this repository's rule, so
+# the released 1.335-nat threshold (config.hf_threshold) applies unchanged to the global method.
+# specials="keep" (default): logits (B, T, 260), bytes first (column b = byte b), then the 4 specials, so
+# H is HF's 260-way entropy, the quantity that threshold was calibrated on; "renormalize": the 256 byte
+# columns only. Window: max_seq_len defaults to max_position_embeddings (8192 for the release); stacked
+# sliding-window layers see n_layers * (sliding_window - 1) positions back, so documents longer than one
+# window are exact only with max_seq_len = config.exact_window (compute_entropies' half-overlapping
+# windows, rotary positions being relative). transformers, huggingface_hub and safetensors are imported
+# only when such a model is built or loaded.
+
+BYTE_OFFSET = 4  # HF/Meta ids: byte b is id b + 4
+HF_BOS_ID = 1
+SPECIALS_MODES = ("keep", "renormalize")
+# Patcher config fields that, with the weights, fully determine its computation (kept in our config, so
+# the fingerprint covers them and the model can be rebuilt without the HF folder).
+PATCHER_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "intermediate_size", "rms_norm_eps", "rope_parameters",
+                  "max_position_embeddings", "sliding_window")
 
 
-def _first_line(e: BaseException, width: int = 160) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:width] if text else type(e).__name__
+@dataclass
+class HFEntropyConfig:
+    patcher: dict = field(default_factory=dict)  # PATCHER_FIELDS of the HF BltPatcherConfig
+    max_seq_len: int = 0  # bytes per compute_entropies window; 0 = the patcher's max_position_embeddings
+    specials: str = "keep"  # "keep": softmax over all 260 ids (HF's entropy); "renormalize": over 256 bytes
+    bos_id: int = HF_BOS_ID
+    byte_offset: int = BYTE_OFFSET
+    hf_threshold: float | None = None  # the checkpoint's patching_threshold (global method, nats), if any
+
+    def __post_init__(self):
+        if self.specials not in SPECIALS_MODES:
+            raise ValueError(f"specials must be one of {SPECIALS_MODES}, not {self.specials!r}")
+        V = self.patcher.get("vocab_size", 256 + self.byte_offset)
+        if V != 256 + self.byte_offset:
+            raise ValueError(f"patcher vocabulary is {V}, expected {256 + self.byte_offset} "
+                             "(4 specials + 256 bytes): "
+                             "not a byte-level BLT patcher")
+        if not self.max_seq_len:
+            self.max_seq_len = int(self.patcher.get("max_position_embeddings") or 8192)
+        if self.max_seq_len < 2:
+            raise ValueError("max_seq_len must be at least 2")
+
+    @property
+    def exact_window(self) -> int | None:
+        """Smallest max_seq_len whose windows reproduce HF's one pass over a document of ANY length.
+
+        Each sliding-window layer reaches sliding_window - 1 positions further back, so a byte's receptive
+        field is n_layers * (sliding_window - 1) positions; compute_entropies keeps bytes at window offsets
+        >= W/2, which must see that field whole and not BOS: W >= 2 * (n_layers * (sliding_window - 1) + 1).
+        None without a sliding window (full attention: only documents <= max_seq_len are exact).
+        """
+        sw = self.patcher.get("sliding_window")
+        return 2 * (self.patcher["num_hidden_layers"] * (sw - 1) + 1) if sw else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits forward() returns: 260 with specials kept, else 256."""
+        return 256 + self.byte_offset if self.specials == "keep" else 256
+
+    @property
+    def sliding_window(self):
+        return self.patcher.get("sliding_window")
+
+    @property
+    def d_model(self) -> int:  # with n_layers and vocab_size: flops_per_byte's estimate applies
+        return self.patcher["hidden_size"]
+
+    @property
+    def n_layers(self) -> int:
+        return self.patcher["num_hidden_layers"]
+
+
+def _hf_blt():
+    """transformers' BLT classes, or a one-line CheckpointError when transformers lacks them."""
+    try:
+        from transformers import BltConfig, BltPatcherConfig
+        from transformers.models.blt.modeling_blt import BltPatcher
+    except ImportError as e:
+        raise CheckpointError(f"hf: entropy models need transformers with BLT support (pip install -U "
+                              f"transformers): {e}") from None
+    return BltConfig, BltPatcherConfig, BltPatcher
+
+
+def _cache_kw(fn) -> str:
+    """The name of `fn`'s KV-cache argument ("cache" in recent transformers, "past_key_values" before)."""
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class HFStreamCache:
+    """State of one streaming pass (see HFEntropyModel.step): a transformers DynamicCache and its length."""
+
+    def __init__(self, patcher_config, batch: int):
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=patcher_config)
+        self.batch, self.len = batch, 0
+
+
+class HFEntropyModel(CarriesConfig, torch.nn.Module):
+    """A Hugging Face BltPatcher behind this repo's entropy-model contract (see the comment above)."""
+
+    kind = HF_ENTROPY_KIND
+    config_class = HFEntropyConfig
+
+    def __init__(self, config: HFEntropyConfig, patcher: torch.nn.Module | None = None):
+        super().__init__()
+        _, BltPatcherConfig, BltPatcher = _hf_blt()
+        self.config = config
+        if patcher is None:  # rebuild from our config (the weights come from a state dict)
+            patcher = BltPatcher(BltPatcherConfig(**config.patcher))
+        self.patcher = patcher.eval()
+        self.patcher.requires_grad_(False)
+
+    def set_extra_state(self, state):  # CarriesConfig's, with its own messages
+        if not isinstance(state, dict) or state.get("kind") != self.kind:
+            raise ValueError(f"state dict does not hold a '{self.kind}' model")
+        if state.get("config", {}).get("patcher") != self.config.patcher:
+            raise ValueError("was saved with another patcher config")
+
+    def _to_bytes(self, logits):
+        """HF logits (..., 260) -> ours: bytes first (column b = byte b), then the 4 specials if kept."""
+        o = self.config.byte_offset
+        if self.config.specials == "keep":
+            return torch.cat([logits[..., o:], logits[..., :o]], dim=-1)
+        return logits[..., o:]
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) bytes 0..255 -> (logits (B, T, V), loss or None); logits[:, t] predicts idx[:, t].
+
+        V = config.vocab_size (260 with specials kept, 256 renormalised); byte b is column b either way.
+        """
+        B = idx.size(0)
+        bos = torch.full((B, 1), self.config.bos_id, dtype=torch.long, device=idx.device)
+        ids = torch.cat([bos, idx[:, :-1].long() + self.config.byte_offset], dim=1)  # (B, T): shifted right
+        _, _, logits = self.patcher(input_ids=ids)  # HF's own forward: (entropies, patch lengths, logits)
+        logits = self._to_bytes(logits)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-100)
+        return logits, loss
+
+    # -- streaming (generation's causal patching): same results as forward on the same window
+    def new_caches(self, batch: int, max_len: int) -> HFStreamCache:
+        """Empty state for step(); max_len is unused (a DynamicCache grows; sliding layers stay bounded)."""
+        return HFStreamCache(self.patcher.config, batch)
+
+    @torch.no_grad()
+    def step(self, x, caches: HFStreamCache):
+        """Feed inputs, get logits (B, t, V) where row t predicts the byte AFTER input t.
+
+        x is (B, t) bytes, or None to feed BOS (whose logits predict the first byte).
+        """
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        p = self.patcher
+        dev = p.embed_tokens.weight.device
+        if x is None:
+            ids = torch.full((caches.batch, 1), self.config.bos_id, dtype=torch.long, device=dev)
+        else:
+            ids = x.to(dev).long() + self.config.byte_offset
+        h = p.embed_tokens(ids)
+        pos = torch.arange(caches.len, caches.len + ids.size(1), device=dev).unsqueeze(0)
+        mask_fn = create_causal_mask if p.config.sliding_window is None else create_sliding_window_causal_mask
+        kw = _cache_kw(mask_fn)
+        mask = mask_fn(config=p.config, inputs_embeds=h, attention_mask=None, position_ids=pos,
+                       **{kw: caches.cache})
+        pe = p.rotary_emb(h, pos)
+        lkw = _cache_kw(type(p.layers[0]).forward)
+        for layer in p.layers:
+            h = layer(h, position_embeddings=pe, attention_mask=mask, use_cache=True, **{lkw: caches.cache})
+        caches.len += ids.size(1)
+        return self._to_bytes(p.lm_head(p.norm(h)))
+
+    def num_params(self) -> int:
+        return count_params(self)
 
 
 _LOCAL_PREFIXES = (os.sep, "." + os.sep, ".." + os.sep, "~")
@@ -251,7 +436,7 @@ def _hub_fetcher(repo: str, revision: str | None, local_files_only: bool, cache_
                                   f"(`hf download {repo}`, "
                                   "or save_pretrained) and pass the folder") from None
         except (OSError, ValueError) as e:  # other network or hub errors
-            raise CheckpointError(f"{where}: cannot download from the Hugging Face Hub: {_first_line(e)}") \
+            raise CheckpointError(f"{where}: cannot download from the Hugging Face Hub: {_first_lines(e)}") \
                 from None
 
     return fetch
@@ -320,24 +505,23 @@ def load_hf_entropy_model(name_or_dir: str, device="cpu", *, max_seq_len: int | 
                           specials: str = "keep", dtype: torch.dtype = torch.float32,
                           revision: str | None = None, local_files_only: bool = False,
                           cache_dir: str | None = None) -> nn.Module:
-    """The entropy model (patcher) of a Hugging Face BLT checkpoint: an entropy_llm.HFEntropyModel, in eval.
+    """The entropy model (patcher) of a Hugging Face BLT checkpoint: an HFEntropyModel, in eval mode.
 
     name_or_dir: a folder written by save_pretrained (BltForCausalLM, BltModel, or a bare BltPatcher), or a
     hub name such as "itazap/blt-1b-hf". A folder never touches the network; a hub name reads the local HF
     cache first and downloads only what is missing there (config.json and the weight shards that hold the
     patcher; cache_dir overrides the HF cache folder). Errors are a CheckpointError with a one-line message.
     Weights are cast to `dtype` (float32 by default: the repo computes entropies in fp32).
-    max_seq_len and specials: see entropy_llm.HFEntropyConfig.
+    max_seq_len and specials: see HFEntropyConfig.
     """
-    cls = model_class(HF_ENTROPY_KIND)  # found by name, as every model kind: this module imports common only
-    BltConfig, BltPatcherConfig, BltPatcher = cls.hf_classes()
+    BltConfig, BltPatcherConfig, BltPatcher = _hf_blt()
     fetch, label = _resolve(name_or_dir, revision, local_files_only, cache_dir)
     folder = fetch(["config.json", "model.safetensors.index.json"], _has("config.json"))
     try:
         with open(os.path.join(folder, "config.json")) as f:
             raw = json.load(f)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{label}: unreadable config.json ({_first_line(e)})") from None
+        raise CheckpointError(f"{label}: unreadable config.json ({_first_lines(e)})") from None
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     threshold = None
     if model_type not in ("blt", "blt_patcher"):
@@ -357,13 +541,13 @@ def load_hf_entropy_model(name_or_dir: str, device="cpu", *, max_seq_len: int | 
             prefixes = ("",)
     except Exception as e:  # strict config classes raise many types
         raise CheckpointError(f"{label}: config.json does not fit this transformers' BltConfig: "
-                              f"{_first_line(e)}") from None
-    patcher_fields = {k: getattr(pcfg, k) for k in cls.patcher_fields}
+                              f"{_first_lines(e)}") from None
+    patcher_fields = {k: getattr(pcfg, k) for k in PATCHER_FIELDS}
     if isinstance(patcher_fields.get("rope_parameters"), dict):
         patcher_fields["rope_parameters"] = dict(patcher_fields["rope_parameters"])
     try:
-        config = cls.config_class(patcher=patcher_fields, max_seq_len=max_seq_len or 0, specials=specials,
-                                  bos_id=raw.get("bos_token_id") or cls.bos_id,
+        config = HFEntropyConfig(patcher=patcher_fields, max_seq_len=max_seq_len or 0, specials=specials,
+                                  bos_id=raw.get("bos_token_id") or HF_BOS_ID,
                                   hf_threshold=float(threshold) if threshold is not None else None)
     except ValueError as e:
         raise CheckpointError(f"{label}: {e}") from None
@@ -372,9 +556,9 @@ def load_hf_entropy_model(name_or_dir: str, device="cpu", *, max_seq_len: int | 
     try:
         patcher.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        why = _first_line(e, 200)
+        why = _first_lines(e, 200)
         raise CheckpointError(f"{label}: patcher weights do not fit its config: {why}") from None
-    return cls(config, patcher).to(device=device, dtype=dtype).eval()
+    return HFEntropyModel(config, patcher).to(device=device, dtype=dtype).eval()
 
 
 def main(argv=None):

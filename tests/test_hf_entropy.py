@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from entropy_llm import EntropyStream, HFEntropyModel, compute_entropies, score_sequences
+from entropy_llm import EntropyStream, compute_entropies, score_sequences
 from save_entropy_model import (
     CheckpointError,
+    HFEntropyModel,
     describe,
     load_entropy_model,
     load_hf_entropy_model,
