@@ -17,15 +17,19 @@ batches one uninterrupted process would. `config` holds the common.TrainFields.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
+import random
 import shutil
 import signal
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as tdist
 import torch.distributed.checkpoint as dcp
@@ -39,7 +43,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import Block, TrainFields, atomic_write, autocast, pick_device
+from common import Block, TrainFields, atomic_write, config_from_dict, pick_device
 from save_entropy_model import CheckpointError, load_checkpoint, load_into, save_checkpoint, unwrap
 
 BITS_PER_NAT = 1 / math.log(2)
@@ -296,7 +300,29 @@ class Speed:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Set-up before the loop: schedule, resume, DDP, compile (the optimizer: common.make_optimizer)
+# Set-up before the loop: seed, optimizer, schedule, resume, DDP, compile
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slower on most laptops)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """AdamW, decay on matrices only (not norms, biases or embeddings); the fused kernel (CPU and CUDA)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
@@ -391,6 +417,11 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a lone process: the one that prints results and writes reports."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def setup_distributed(device_name: str | None = None) -> tuple[Dist, torch.device]:
     """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -436,3 +467,119 @@ def global_mean(x: torch.Tensor, dist: Dist) -> float:
         tdist.all_reduce(x)
         x = x / dist.world_size
     return x.item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The flags every training script shares, and the checks run before any data is read or model built
+# (DESIGN.md, "Bad input gets a clear error, and nothing is lost")
+
+
+def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
+    """The flags every training script shares: data, model size, checkpoints, report, device.
+
+    --preset names a size of the script's model; --quick_demo is the one shortcut for a small run;
+    --checkpoint is the model file a command reads (to evaluate, generate from, or --resume).
+    """
+    parser.add_argument("--data", default="builtin", help="builtin | builtin:code | builtin:prose | file | "
+                        "folder | .jsonl/.parquet/.arrow file | hf:NAME[:CONFIG] (default: builtin)")
+    parser.add_argument("--text_field", default=None, help="text column of a datasets source (default: text)")
+    parser.add_argument("--preset", default="cpu", choices=list(presets), help=f"{model} size (default: cpu)")
+    parser.add_argument("--quick_demo", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=out, help=f"checkpoint to write (default: {out})")
+    parser.add_argument("--checkpoint", default=None, help="model to read with --eval or --resume")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --checkpoint (default: --out), exactly")
+    parser.add_argument("--eval", action="store_true", help="evaluate --checkpoint on every byte of --data")
+    parser.add_argument("--report", default=None, help="write the figures as JSON here")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if present)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files other than --out (such as a model trained on the way)")
+
+
+def check_run_args(args):
+    """The paths of a training script's command, checked before any data is read or model built: --out
+    and --report writable (--out, the command's declared output, may be replaced), the checkpoint that
+    --eval or --resume reads present."""
+    if getattr(args, "eval", False) or getattr(args, "generate", False):
+        check_existing(args.checkpoint)
+    else:
+        check_output(args.out)
+        if args.resume:
+            check_existing(resume_path(args), "--checkpoint" if args.checkpoint else "--resume (--out)")
+    if args.report:
+        check_output(args.report, "--report")
+
+
+def resume_path(args) -> str | None:
+    """The checkpoint --resume continues: --checkpoint, else --out (None without --resume)."""
+    return (args.checkpoint or args.out) if args.resume else None
+
+
+def named(presets: dict, name: str) -> dict:
+    """The fields of a named preset; an unknown name is an error that lists the known ones."""
+    if name not in presets:
+        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(presets)})")
+    return dict(presets[name])
+
+
+def preset_config(cls, presets: dict, preset: str, *layers: dict, **overrides):
+    """Dataclass `cls` from a named preset (a model size), then each dict of `layers` in turn (such as the
+    quick-demo settings), then explicit overrides (flags). Unknown names and keys are errors."""
+    fields = named(presets, preset)
+    for layer in layers:
+        fields.update(layer)
+    return config_from_dict(cls, fields, **overrides)
+
+
+def check_output(path: str, flag: str = "--out", may_replace: bool = True, overwrite: bool = False):
+    """Refuse (ValueError) an output path that cannot be written: a folder, under a file, in a folder
+    that cannot be written, or an existing file the command may not replace (may_replace: it is the
+    command's own declared output; else only with --overwrite)."""
+    if not path:
+        raise ValueError(f"{flag}: empty path")
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if os.path.exists(path) and not (may_replace or overwrite):
+        raise ValueError(f"{flag} {path}: exists and would be replaced; add --overwrite to replace it")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # atomic_write creates missing folders: check the first that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: lies under {folder}, which is a file")
+    try:  # os.access says yes to root on read-only mounts: try it
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({why})") from None
+
+
+def check_existing(path: str | None, flag: str = "--checkpoint"):
+    """A file a command reads (a checkpoint to resume or evaluate) must exist and be a file."""
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise ValueError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder, not a checkpoint file")
+
+
+def check_split(train_docs: list, val_docs: list, data: str = "the corpus"):
+    """A run needs bytes to train on and bytes to hold out: a NaN held-out score is no result."""
+    if not val_docs or not sum(map(len, val_docs)):
+        raise ValueError(f"{data}: too small to hold out any bytes for validation (give more data or a "
+                         "larger --max_bytes)")
+    if not train_docs or not sum(map(len, train_docs)):
+        raise ValueError(f"{data}: leaves no bytes to train on after holding out validation documents")
+
+
+def data_digest(docs: list) -> str:
+    """SHA-256 of a list of documents with their boundaries: what a checkpoint records of its data."""
+    h = hashlib.sha256()
+    for d in docs:
+        d = d if isinstance(d, (bytes, bytearray)) else np.ascontiguousarray(d).tobytes()
+        h.update(len(d).to_bytes(8, "little") + bytes(d))
+    return h.hexdigest()

@@ -4,7 +4,7 @@
     python bench/blt_train_step.py --quick                 # seconds: the tiny preset
     python bench/blt_train_step.py --no_before             # only ours and HF
 
-One training step = forward with targets, backward, grad-norm clip at 1.0, AdamW step (common.make_optimizer
+One training step = forward with targets, backward, grad-norm clip at 1.0, AdamW step (training.make_optimizer
 for both models, so the optimizer code is identical). Both models see the same (B, T) bytes of builtin
 text and the SAME (B, P) patch_lengths (space patching, max patch 16 bytes). Timed in alternating rounds
 of --steps steps each after one warm-up step; bytes/s = B x T x steps / seconds; `ratio` = ours / HF,
@@ -38,8 +38,8 @@ import torch
 
 from blt_model import BLTConfig, BLTModel, flops_per_byte
 from byte_data import load_corpus
-from common import make_optimizer
 from entropy_patcher import PatchConfig, patch_lengths_from_entropies
+from training import make_optimizer
 
 ARCH_DIFFERENCES = [
     "HF decoder reads encoder byte states directly as its input; ours normalises and projects them "
@@ -180,7 +180,7 @@ def main(argv=None):
               "config": {"blt": dataclasses.asdict(cfg), "preset": args.preset, "batch_size": B, "seq_len": T,
                          "patching": f"space, max_patch_size {args.max_patch}", "patches_per_row": pl.size(1),
                          "mean_patch_size": mean_ps, "rounds": rounds, "steps_per_round": steps,
-                         "optimizer": "common.make_optimizer AdamW (fused off on CPU), grad clip 1.0"},
+                         "optimizer": "training.make_optimizer AdamW (fused off on CPU), grad clip 1.0"},
               "params": counts, "first_step_loss": first_loss,
               "architecture_differences": ARCH_DIFFERENCES}
     print(f"{args.preset}: B={B} T={T}, {pl.size(1)} patches/row (mean {mean_ps:.2f} bytes), params ours "

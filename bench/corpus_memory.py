@@ -32,7 +32,6 @@ if ROOT not in sys.path:  # `python bench/NAME.py` puts bench/ first on the path
     sys.path.insert(0, ROOT)
 
 from byte_data import load_corpus, prepare_corpus, split_documents  # noqa: E402
-from common import make_optimizer  # noqa: E402
 from train_blt import (  # noqa: E402
     PatchedWindows,
     build_model,
@@ -42,7 +41,7 @@ from train_blt import (  # noqa: E402
     patch_config,
     train_config,
 )
-from training import Dist, train  # noqa: E402
+from training import Dist, make_optimizer, train  # noqa: E402
 
 WORDS = np.array([w.encode() for w in "the of and a to in is was for on that with as by at from his an were "
                   "are which this be or has had it not but first one their its new after who they have her "

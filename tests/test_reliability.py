@@ -25,7 +25,7 @@ import train_blt
 from entropy_llm import EntropyConfig, MinimalLLM, compute_entropies
 from entropy_patcher import EntropyPatcher, PatchConfig, cached_entropies, entropy_cache_path
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model, save_checkpoint
-from training import resume_from
+from training import make_optimizer, resume_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["--max_steps", "2", "--batch_size", "2", "--warmup_steps", "1", "--eval_interval", "0",
@@ -377,7 +377,7 @@ def test_16_ctrl_c_saves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     config = entropy_llm.build_config("tiny", max_steps=1000000, batch_size=2, warmup_steps=1,
                                       eval_interval=0, ckpt_interval=0)
     model = MinimalLLM(config)
-    optimizer = common.make_optimizer(model, config.lr, config.weight_decay, torch.device("cpu"))
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, torch.device("cpu"))
     assert resume_from(out, model, optimizer, config) >= 1
     assert not glob.glob(out + ".*.tmp")
 
