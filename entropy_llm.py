@@ -47,7 +47,6 @@ from byte_data import (
 )
 from common import (
     CausalLM,
-    TrainFields,
     add_config_args,
     block_flops_per_token,
     causal_context,
@@ -63,6 +62,7 @@ from common import (
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
 from training import (
     Interrupted,
+    TrainFields,
     add_run_args,
     check_run_args,
     check_split,

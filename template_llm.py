@@ -57,7 +57,6 @@ import torch.distributed as tdist
 from byte_data import ByteWindows, DataError, load_corpus, split_documents
 from common import (
     CausalLM,
-    TrainFields,
     add_config_args,
     atomic_write,
     config_overrides,
@@ -70,6 +69,7 @@ from entropy_llm import cap_bytes, score_sequences
 from save_entropy_model import CheckpointError, load_checkpoint, model_from_state
 from training import (
     Interrupted,
+    TrainFields,
     add_run_args,
     check_run_args,
     check_split,

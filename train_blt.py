@@ -15,7 +15,7 @@
 
 Three configs, each with its own flags: BLTConfig (--preset names its size: tiny, cpu, small, ...,
 paper-8b-ish; --max_seq_len is the row length), PatchConfig (--method, --entropy_threshold, left unset
-to calibrate to --target_patch_size on training documents) and TrainConfig (common.TrainFields).
+to calibrate to --target_patch_size on training documents) and TrainConfig (training.TrainFields).
 
 Data flow: corpus -> whole-document split (byte_data) -> entropies of every document from the entropy
 model (entropy_patcher.cached_entropies) -> threshold calibrated on training documents only
@@ -53,7 +53,6 @@ from byte_data import (
     split_documents,
 )
 from common import (
-    TrainFields,
     add_config_args,
     config_from_dict,
     config_overrides,
@@ -81,6 +80,7 @@ from save_entropy_model import (
 )
 from training import (
     Interrupted,
+    TrainFields,
     add_run_args,
     check_output,
     check_run_args,
@@ -102,7 +102,7 @@ from training import (
 
 @dataclass
 class TrainConfig(TrainFields):
-    """The BLT's training settings: common.TrainFields, declared there once. Its sizes (max_seq_len, the
+    """The BLT's training settings: training.TrainFields, declared there once. Its sizes (max_seq_len, the
     row length, included) are the model's BLTConfig, its patching the dataset's PatchConfig.
 
     train_config() starts from BLT_TRAINING, the BLT's CPU defaults, as the command line does.

@@ -12,7 +12,7 @@ A training script sets up, visibly and in this order, then calls train():
 
 `data.batch(step, batch_size, rank, world_size)` returns (*inputs, targets) for this rank, a pure function
 of the step (byte_data.ByteWindows, train_blt.PatchedWindows), so a resumed run and N processes see the
-batches one uninterrupted process would. `config` holds the common.TrainFields.
+batches one uninterrupted process would. `config` holds the TrainFields.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import Block, TrainFields, atomic_write, config_from_dict, pick_device
+from common import Block, atomic_write, config_from_dict, pick_device
 from save_entropy_model import CheckpointError, load_checkpoint, load_into, save_checkpoint, unwrap
 
 BITS_PER_NAT = 1 / math.log(2)
@@ -58,6 +58,55 @@ class TrainingError(ValueError):
 
 class Interrupted(TrainingError):
     """Ctrl-C: the run saved a resumable checkpoint and stopped."""
+
+
+@dataclass
+class TrainFields:
+    """The data and training fields every training config shares (train() reads them), declared once here:
+    EntropyConfig and TemplateConfig add their model fields and call check_lm_sizes() from __post_init__."""
+
+    # data
+    max_bytes: int = 2_000_000  # corpus cap in bytes, before the train/val split
+    # training
+    batch_size: int = 32  # windows per optimizer step (global, over all processes)
+    max_steps: int = 1500  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decay on matrices
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    eval_interval: int = 500  # steps between held-out evaluations (0 = only at the end)
+    eval_max_bytes: int = 200_000  # held-out bytes scored at intermediate evaluations (the last scores all)
+    ckpt_interval: int = 500  # steps between checkpoints (0 = only at the end)
+    seed: int = 1337  # init and data order
+
+    def __post_init__(self):  # configs that add fields call check_lm_sizes() from their own
+        self.check_train_sizes()
+
+    def check_train_sizes(self):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if min(self.batch_size, self.max_steps) < 1:
+            raise ValueError(f"batch_size and max_steps must be positive, got batch_size={self.batch_size}, "
+                             f"max_steps={self.max_steps}")
+        for name in ("max_bytes", "eval_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+    def check_lm_sizes(self):
+        self.check_train_sizes()
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if min(self.d_model, self.n_layers, self.max_seq_len) < 1:  # the step counts: check_train_sizes
+            raise ValueError("sizes and step counts must be positive")
 
 
 def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_step: int = 0, evaluate=None,
@@ -163,9 +212,7 @@ def save_on_interrupt(out, model, optimizer, step: int, cfg, meta, evals, dist):
 
 class StopOnSigint:
     """The first Ctrl-C asks the loop to stop at the next step (`requested`); a second one stops at once.
-
-    Only the main thread can take signals; elsewhere (a notebook's worker thread) Ctrl-C acts as usual.
-    """
+    Only the main thread can take signals; elsewhere (a notebook's worker thread) Ctrl-C acts as usual."""
 
     def __init__(self):
         self.requested, self.previous = False, None
@@ -186,8 +233,7 @@ class StopOnSigint:
 
 def save_run(path: str, model, optimizer, step: int, cfg, meta: dict | None = None,
              result: dict | None = None):
-    """The model with what resume_run needs (step, optimizer state, training config, the result so far),
-    written atomically."""
+    """The model and what resume_run needs (step, optimizer state, config, result so far), atomically."""
     if is_sharded(model):
         return save_sharded(path, model, optimizer, step, cfg, meta, result)
     train_state = {"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
@@ -308,11 +354,13 @@ def seed_everything(seed: int):
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slower on most laptops)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
     """AdamW, decay on matrices only (not norms, biases or embeddings); the fused kernel (CPU and CUDA)."""
@@ -340,12 +388,9 @@ def resume_from(path: str, model, optimizer, cfg, meta: dict | None = None) -> i
 
 def resume_run(path: str, model, optimizer, cfg, meta: dict | None = None) -> dict:
     """Load a checkpoint's weights and optimizer state; returns the step to continue from and the result
-    stored so far (train's `history`).
-
-    Refused (ValueError) when the run it continues had another schedule, batch, seed or model config, or,
-    for the facts of `meta` in SAME_RUN_META, other data, patches or entropy model: that would not continue
-    the same run.
-    """
+    stored so far (train's `history`). Refused (ValueError) when the run it continues had another schedule,
+    batch, seed or model config, or other data, patches or entropy model (the facts of `meta` in
+    SAME_RUN_META): that would not continue the same run."""
     sharded = is_sharded(model)
     extra = load_checkpoint(path, unwrap(model).kind)["_extra_state"] if sharded else load_into(model, path)
     if "train" not in extra:
@@ -362,10 +407,10 @@ def resume_run(path: str, model, optimizer, cfg, meta: dict | None = None) -> di
         step = resume_sharded(path, model, optimizer)
         if step != extra["train"]["step"]:
             raise CheckpointError(f"{path}: its .dcp holds step {step}, the file {extra['train']['step']}")
-        return {"step": step, **(extra["train"].get("result") or {})}
-    if "optimizer" not in extra["train"]:
+    elif "optimizer" not in extra["train"]:
         raise CheckpointError(f"{path}: written by an --fsdp run; resume it with --fsdp under torchrun")
-    optimizer.load_state_dict(extra["train"]["optimizer"])
+    else:
+        optimizer.load_state_dict(extra["train"]["optimizer"])
     return {"step": extra["train"]["step"], **(extra["train"].get("result") or {})}
 
 
@@ -376,9 +421,7 @@ SAME_RUN_META = {"train_data": "training data", "patch": "patches", "entropy_fin
 
 def check_same_run(path: str, saved: dict, now: dict):
     """Refuse to continue a run on other data (a digest of the training documents), patches or entropy model.
-
-    A fact the resumed run records but the checkpoint does not is refused too: it cannot be checked.
-    """
+    A fact the resumed run records but the checkpoint does not is refused too: it cannot be checked."""
     keys = [k for k in SAME_RUN_META if k in now]
     missing = [SAME_RUN_META[k] for k in keys if k not in saved]
     if missing:
@@ -460,14 +503,6 @@ def global_share(targets: torch.Tensor, dist: Dist) -> torch.Tensor:
     return (n * dist.world_size / total).float()
 
 
-def global_mean(x: torch.Tensor, dist: Dist) -> float:
-    """The mean of a scalar over all ranks (the value itself in a single process)."""
-    if dist.enabled:
-        x = x.clone()
-        tdist.all_reduce(x)
-        x = x / dist.world_size
-    return x.item()
-
 
 # ----------------------------------------------------------------------------------------------------
 # The flags every training script shares, and the checks run before any data is read or model built
@@ -475,11 +510,8 @@ def global_mean(x: torch.Tensor, dist: Dist) -> float:
 
 
 def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
-    """The flags every training script shares: data, model size, checkpoints, report, device.
-
-    --preset names a size of the script's model; --quick_demo is the one shortcut for a small run;
-    --checkpoint is the model file a command reads (to evaluate, generate from, or --resume).
-    """
+    """The flags every training script shares: data, model size (--preset), the one shortcut for a small
+    run (--quick_demo), checkpoints (--checkpoint: the model file a command reads), report, device."""
     parser.add_argument("--data", default="builtin", help="builtin | builtin:code | builtin:prose | file | "
                         "folder | .jsonl/.parquet/.arrow file | hf:NAME[:CONFIG] (default: builtin)")
     parser.add_argument("--text_field", default=None, help="text column of a datasets source (default: text)")
@@ -516,17 +548,12 @@ def resume_path(args) -> str | None:
     return (args.checkpoint or args.out) if args.resume else None
 
 
-def named(presets: dict, name: str) -> dict:
-    """The fields of a named preset; an unknown name is an error that lists the known ones."""
-    if name not in presets:
-        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(presets)})")
-    return dict(presets[name])
-
-
 def preset_config(cls, presets: dict, preset: str, *layers: dict, **overrides):
     """Dataclass `cls` from a named preset (a model size), then each dict of `layers` in turn (such as the
     quick-demo settings), then explicit overrides (flags). Unknown names and keys are errors."""
-    fields = named(presets, preset)
+    if preset not in presets:
+        raise ValueError(f"unknown preset '{preset}' (choose from {', '.join(presets)})")
+    fields = dict(presets[preset])
     for layer in layers:
         fields.update(layer)
     return config_from_dict(cls, fields, **overrides)

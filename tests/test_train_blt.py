@@ -126,7 +126,7 @@ def test_a_nan_threshold_is_an_error_not_a_request_to_calibrate():
         patch_config(entropy_threshold=float("nan"))
     assert patch_config().entropy_threshold is None  # None (the BLT's default) is what calibrates
     with pytest.raises(ValueError, match="batch_size and max_steps"):
-        train_config(batch_size=0)  # TrainConfig checks the shared training fields (common.TrainFields)
+        train_config(batch_size=0)  # TrainConfig checks the shared training fields (training.TrainFields)
 
 
 def test_a_checkpoint_carries_its_patching_and_generates_with_it(tmp_path, corpus_dir):
