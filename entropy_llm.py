@@ -59,7 +59,7 @@ from common import (
     pick_device,
     write_report,
 )
-from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
+from save_entropy_model import CheckpointError, data_digest, load_entropy_model, model_fingerprint
 from training import (
     Interrupted,
     TrainFields,
@@ -67,7 +67,6 @@ from training import (
     check_run_args,
     check_split,
     cleanup_distributed,
-    data_digest,
     distribute,
     is_main_process,
     make_optimizer,

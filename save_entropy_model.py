@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -179,6 +180,15 @@ def model_fingerprint(model: nn.Module) -> str:
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(value.get("config") if isinstance(value, dict) else value).encode())
+    return h.hexdigest()
+
+
+def data_digest(docs: list) -> str:
+    """SHA-256 of a list of documents with their boundaries: what a checkpoint records of its data."""
+    h = hashlib.sha256()
+    for d in docs:
+        d = d if isinstance(d, (bytes, bytearray)) else np.ascontiguousarray(d).tobytes()
+        h.update(len(d).to_bytes(8, "little") + bytes(d))
     return h.hexdigest()
 
 

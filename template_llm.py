@@ -66,7 +66,7 @@ from common import (
     write_report,
 )
 from entropy_llm import cap_bytes, score_sequences
-from save_entropy_model import CheckpointError, load_checkpoint, model_from_state
+from save_entropy_model import CheckpointError, data_digest, load_checkpoint, model_from_state
 from training import (
     Interrupted,
     TrainFields,
@@ -74,7 +74,6 @@ from training import (
     check_run_args,
     check_split,
     cleanup_distributed,
-    data_digest,
     distribute,
     is_main_process,
     make_optimizer,

@@ -17,7 +17,6 @@ batches one uninterrupted process would. `config` holds the TrainFields.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import random
@@ -119,10 +118,8 @@ def train(model, optimizer, data, cfg, *, device, dist: Dist, out: str, start_st
     cfg.ckpt_interval steps and at the end. bytes_per_step is this rank's (default: its rows x
     max_seq_len); bpb_per_loss turns the loss into bits per byte for the bar (tokens per byte / ln 2).
     `history` is what resume_run read from the checkpoint: a finished run returns its stored result.
-
     A non-finite loss or gradient stops the run (TrainingError naming the step; the last checkpoint stays
-    as it was); Ctrl-C finishes the step, saves a resumable checkpoint and raises Interrupted.
-    """
+    as it was); Ctrl-C finishes the step, saves a resumable checkpoint and raises Interrupted."""
     history = history or {}
     if start_step >= cfg.max_steps:  # a finished run: its stored result, nothing to train
         if not history.get("evals") and evaluate:
@@ -503,7 +500,6 @@ def global_share(targets: torch.Tensor, dist: Dist) -> torch.Tensor:
     return (n * dist.world_size / total).float()
 
 
-
 # ----------------------------------------------------------------------------------------------------
 # The flags every training script shares, and the checks run before any data is read or model built
 # (DESIGN.md, "Bad input gets a clear error, and nothing is lost")
@@ -530,9 +526,8 @@ def add_run_args(parser, presets: dict, out: str, model: str, quick_help: str):
 
 
 def check_run_args(args):
-    """The paths of a training script's command, checked before any data is read or model built: --out
-    and --report writable (--out, the command's declared output, may be replaced), the checkpoint that
-    --eval or --resume reads present."""
+    """A training command's paths: --out and --report writable (--out, the command's declared output, may
+    be replaced), the checkpoint that --eval or --resume reads present."""
     if getattr(args, "eval", False) or getattr(args, "generate", False):
         check_existing(args.checkpoint)
     else:
@@ -601,12 +596,3 @@ def check_split(train_docs: list, val_docs: list, data: str = "the corpus"):
                          "larger --max_bytes)")
     if not train_docs or not sum(map(len, train_docs)):
         raise ValueError(f"{data}: leaves no bytes to train on after holding out validation documents")
-
-
-def data_digest(docs: list) -> str:
-    """SHA-256 of a list of documents with their boundaries: what a checkpoint records of its data."""
-    h = hashlib.sha256()
-    for d in docs:
-        d = d if isinstance(d, (bytes, bytearray)) else np.ascontiguousarray(d).tobytes()
-        h.update(len(d).to_bytes(8, "little") + bytes(d))
-    return h.hexdigest()
