@@ -123,13 +123,11 @@ def model_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> 
 
 
 def train_config(quick_demo: bool = False, **overrides) -> TrainConfig:
-    """TrainConfig from BLT_TRAINING, the quick-demo settings, then overrides."""
     quick = QUICK_TRAINING if quick_demo else {}
     return config_from_dict(TrainConfig, {**BLT_TRAINING, **quick}, **overrides)
 
 
 def patch_config(**overrides) -> PatchConfig:
-    """PatchConfig from BLT_PATCHING, then overrides."""
     return config_from_dict(PatchConfig, BLT_PATCHING, **overrides)
 
 
@@ -213,10 +211,9 @@ def is_hf(path: str) -> bool:
 def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
                     entropy_model_path: str | list[str] | None = None, combine: str | None = None
                     ) -> PatchedDataset:
-    """Split, compute entropies (cached), calibrate on the training split, patch every document.
-
-    The entropy model must not have trained on a held-out document: its patches (and so the BLT's held-out
-    BPB) would then carry knowledge of them. Checked against the record its checkpoint keeps.
+    """Split, compute entropies (cached), calibrate on the training split, patch every document. The
+    entropy model must not have trained on a held-out document (its patches, and so the BLT's held-out BPB,
+    would carry knowledge of them): checked against the record its checkpoint keeps.
 
     An ensemble: entropy_model a list of models and entropy_model_path the list of their paths (same
     order), combined by `combine` (default mean; entropy_patcher.EntropyEnsemble): patched and calibrated
@@ -325,15 +322,16 @@ class PatchedWindows:
         sizes = np.asarray(corpus_lengths(docs), dtype=np.float64)
         self.prob = sizes / sizes.sum()
         # a mapped corpus's patches are found per drawn document (LazyLengths), never all at once
-        self.starts = None if isinstance(lengths, LazyLengths) else [patch_starts(n) for n in lengths]
-        self.n_ok = None if self.starts is None else [self.full_windows(st, len(d))
-                                                      for st, d in zip(self.starts, docs)]
+        self.found = None if isinstance(lengths, LazyLengths) else [self.starts_of(n, len(d))
+                                                                    for n, d in zip(lengths, docs)]
 
-    def full_windows(self, starts: np.ndarray, size: int) -> int:
-        """The patch starts that leave a full window, and the first one past them (whose window runs off
-        the end, a little padded), so a document's last bytes are trained on too."""
+    def starts_of(self, lengths: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+        """A document's patch starts, and how many of them start a window: those that leave a full
+        window, and the first one past them (whose window runs off the end, a little padded), so a
+        document's last bytes are trained on too."""
+        starts = patch_starts(lengths)
         last = max(0, size - self.max_seq_len)
-        return min(len(starts), int(np.searchsorted(starts, last, side="right")) + 1)
+        return starts, min(len(starts), int(np.searchsorted(starts, last, side="right")) + 1)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """x (B', T) bytes, lengths (B', P) zero-padded, y (B', T) targets (-100 past a short document)."""
@@ -346,8 +344,7 @@ class PatchedWindows:
         windows = []
         for i in range(rank * per, (rank + 1) * per):
             d, data = doc[i], self.docs[doc[i]]
-            st = self.starts[d] if self.starts is not None else patch_starts(self.lengths[d])
-            n_ok = self.n_ok[d] if self.n_ok is not None else self.full_windows(st, len(data))
+            st, n_ok = self.found[d] if self.found is not None else self.starts_of(self.lengths[d], len(data))
             s = int(st[int(pick[i] * n_ok)])
             windows.append((data, st, s, min(s + self.max_seq_len, len(data))))
         x, lengths = window_batch(windows, self.max_seq_len)  # a window's patch lengths sum to its bytes
