@@ -62,7 +62,6 @@ from common import (
 )
 from entropy_patcher import (
     EntropyEnsemble,
-    EntropyPatcher,
     PatchConfig,
     cached_entropies,
     calibrate,
@@ -73,6 +72,7 @@ from entropy_patcher import (
 from patch_pictures import format_patches, patch_statistics
 from save_entropy_model import (
     CheckpointError,
+    data_digest,
     load_checkpoint,
     load_entropy_model,
     model_fingerprint,
@@ -102,11 +102,7 @@ from training import (
 
 @dataclass
 class TrainConfig(TrainFields):
-    """The BLT's training settings: training.TrainFields, declared there once. Its sizes (max_seq_len, the
-    row length, included) are the model's BLTConfig, its patching the dataset's PatchConfig.
-
-    train_config() starts from BLT_TRAINING, the BLT's CPU defaults, as the command line does.
-    """
+    """The BLT's training settings (training.TrainFields); its sizes, max_seq_len too, are BLTConfig's."""
 
 
 # The BLT's CPU defaults over TrainFields': rows of 1024 bytes, so 8 rows a step are the LMs' 32 x 256 bytes
@@ -127,13 +123,11 @@ def model_config(preset: str = "cpu", quick_demo: bool = False, **overrides) -> 
 
 
 def train_config(quick_demo: bool = False, **overrides) -> TrainConfig:
-    """TrainConfig from BLT_TRAINING, the quick-demo settings, then overrides."""
     quick = QUICK_TRAINING if quick_demo else {}
     return config_from_dict(TrainConfig, {**BLT_TRAINING, **quick}, **overrides)
 
 
 def patch_config(**overrides) -> PatchConfig:
-    """PatchConfig from BLT_PATCHING, then overrides."""
     return config_from_dict(PatchConfig, BLT_PATCHING, **overrides)
 
 
@@ -146,6 +140,9 @@ def build_model(config: BLTConfig, seed: int = 1337) -> BLTModel:
 # ----------------------------------------------------------------------------------------------------
 # Patched data
 
+# bytes of a mapped corpus's first training documents that give its threshold and mean patch size
+SAMPLE_BYTES = 8_000_000
+
 
 def patch_starts(lengths: np.ndarray) -> np.ndarray:
     """Offsets at which the patches of one document start."""
@@ -156,6 +153,18 @@ def window_lengths(starts: np.ndarray, s: int, e: int) -> np.ndarray:
     """Patch lengths of bytes [s, e) of a document whose patches start at `starts` (s is one of them)."""
     inside = starts[(starts >= s) & (starts < e)]
     return np.diff(np.append(inside, e))
+
+
+def window_batch(windows, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (B, T): the bytes [s, e) of each (document, its patch starts, s, e) window, zero-padded;
+    lengths (B, P): its patch lengths, zero-padded."""
+    rows = [window_lengths(starts, s, e) for _, starts, s, e in windows]
+    x = np.zeros((len(windows), T), dtype=np.int64)
+    lengths = np.zeros((len(windows), max(map(len, rows))), dtype=np.int64)
+    for r, ((doc, _, s, e), n) in enumerate(zip(windows, rows)):
+        x[r, : e - s] = np.frombuffer(doc, dtype=np.uint8, count=e - s, offset=s)
+        lengths[r, : len(n)] = n
+    return x, lengths
 
 
 @dataclass
@@ -174,23 +183,24 @@ class PatchedDataset:
 
     @property
     def mean_patch_size(self) -> float:
-        lengths = self.train_lengths  # a mapped corpus: over its first documents, up to 8 MB
-        lengths = lengths.head(8_000_000) if isinstance(lengths, LazyLengths) else lengths
+        lengths = self.train_lengths  # a mapped corpus: over the documents it calibrated on (SAMPLE_BYTES)
+        if isinstance(lengths, LazyLengths):
+            lengths = list(lengths[: len(self.train_docs.capped(SAMPLE_BYTES))])
         return patch_statistics(lengths)["mean_patch_size"]
 
     def meta(self) -> dict:
         """What a BLT checkpoint records of its data and patching (load_blt rebuilds the patcher from it)."""
-        digest = hashlib.sha256()
-        if isinstance(self.train_docs, MappedCorpus):  # its bytes' digest (prepare time) and its documents
-            digest.update(self.train_docs.info["sha256"].encode() + self.train_docs.index.tobytes())
-        for d in self.train_docs if not isinstance(self.train_docs, MappedCorpus) else ():
-            digest.update(len(d).to_bytes(8, "little") + d)
-        patch = EntropyPatcher(None, self.patch_config).to_meta()
+        docs = self.train_docs
+        if isinstance(docs, MappedCorpus):  # its bytes' digest (prepare time) and its documents
+            train_data = hashlib.sha256(docs.info["sha256"].encode() + docs.index.tobytes()).hexdigest()
+        else:
+            train_data = data_digest(docs)
+        patch = self.patch_config.patch_key()
         if self.combine is not None:  # what EntropyPatcher.to_meta writes for an ensemble
             patch["ensemble"] = {"combine": self.combine, "models": len(self.entropy_fingerprint)}
-        return {"patch": patch,
-                "entropy_model": self.entropy_model_path, "entropy_fingerprint": self.entropy_fingerprint,
-                "mean_patch_size": self.mean_patch_size, "train_data": digest.hexdigest()}
+        return {"patch": patch, "entropy_model": self.entropy_model_path,
+                "entropy_fingerprint": self.entropy_fingerprint, "mean_patch_size": self.mean_patch_size,
+                "train_data": train_data}
 
 
 def is_hf(path: str) -> bool:
@@ -198,20 +208,12 @@ def is_hf(path: str) -> bool:
     return path.startswith("hf:")
 
 
-def entropy_training_record(path: str) -> list | None:
-    """The record of the documents the entropy model at `path` was trained on, if it keeps one."""
-    if is_hf(path):  # Meta's released model: trained on Meta's data, no record of it
-        return None
-    return (load_checkpoint(path, "entropy_llm")["_extra_state"].get("meta") or {}).get("train_documents")
-
-
 def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
                     entropy_model_path: str | list[str] | None = None, combine: str | None = None
                     ) -> PatchedDataset:
-    """Split, compute entropies (cached), calibrate on the training split, patch every document.
-
-    The entropy model must not have trained on a held-out document: its patches (and so the BLT's held-out
-    BPB) would then carry knowledge of them. Checked against the record its checkpoint keeps.
+    """Split, compute entropies (cached), calibrate on the training split, patch every document. The
+    entropy model must not have trained on a held-out document (its patches, and so the BLT's held-out BPB,
+    would carry knowledge of them): checked against the record its checkpoint keeps.
 
     An ensemble: entropy_model a list of models and entropy_model_path the list of their paths (same
     order), combined by `combine` (default mean; entropy_patcher.EntropyEnsemble): patched and calibrated
@@ -220,11 +222,12 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
     ensemble = isinstance(entropy_model, (list, tuple))
     if combine is not None and not ensemble:
         raise ValueError("combine= makes an ensemble: pass a list of entropy models")
+    paths = [entropy_model_path]
     if ensemble:
         paths = entropy_model_path if entropy_model_path is not None else [None] * len(entropy_model)
         if isinstance(paths, str) or len(paths) != len(entropy_model):
             raise ValueError(f"an ensemble of {len(entropy_model)} entropy models needs as many paths")
-        entropy_model_path, combine = list(paths), combine or 'mean'
+        entropy_model_path, combine = list(paths), combine or "mean"
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any bytes for validation")
@@ -233,13 +236,12 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
     if config.needs_entropy:
         if entropy_model is None:
             raise ValueError(f"patching method '{config.method}' needs an entropy model")
+        for path in paths:
+            check_entropy_model_is_clean(path, docs, val_docs)
         if ensemble:
-            for path in entropy_model_path:
-                check_entropy_model_is_clean(path, docs, val_docs)
             fingerprint = [model_fingerprint(m) for m in entropy_model]
             entropy_model = EntropyEnsemble(entropy_model, combine)
         else:
-            check_entropy_model_is_clean(entropy_model_path, docs, val_docs)
             fingerprint = model_fingerprint(entropy_model)
         # entropy_llm.py --precompute wrote one model's entropies beside the bytes (an ensemble: computed)
         if isinstance(train_docs, MappedCorpus) and not ensemble:
@@ -252,8 +254,8 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
             cache_dir = config.cache_dir if config.cache_patches else None
             train_h = cached_entropies(entropy_model, list(train_docs), cache_dir, label="train")
             val_h = cached_entropies(entropy_model, list(val_docs), cache_dir, label="val")
-        if isinstance(train_h, MappedEntropies):  # calibrated on the first 8 MB of training documents
-            k = len(train_docs.capped(8_000_000))
+        if isinstance(train_h, MappedEntropies):  # calibrated on the first training documents
+            k = len(train_docs.capped(SAMPLE_BYTES))
             config = calibrate(config, entropy_model, list(train_docs[:k]), entropies=list(train_h[:k]))
         else:
             config = calibrate(config, entropy_model, train_docs, entropies=train_h)
@@ -264,8 +266,10 @@ def prepare_dataset(docs: list[bytes], config: PatchConfig, entropy_model=None,
 
 
 def check_entropy_model_is_clean(path: str | None, docs: list[bytes], val_docs: list[bytes]):
-    """Refuse an entropy model that trained on a held-out document of this corpus (warn if unrecorded)."""
-    record = entropy_training_record(path) if path else None
+    """Refuse an entropy model that trained on a held-out document of this corpus (warn if unrecorded:
+    Meta's released model, hf:NAME, was trained on Meta's data and keeps no record of it)."""
+    extra = load_checkpoint(path, "entropy_llm")["_extra_state"] if path and not is_hf(path) else {}
+    record = (extra.get("meta") or {}).get("train_documents")
     if record is None:
         print(f"warning: {path or 'the entropy model'} does not record its training documents; cannot check "
               "that it never saw the held-out ones", file=sys.stderr)
@@ -276,15 +280,14 @@ def check_entropy_model_is_clean(path: str | None, docs: list[bytes], val_docs: 
 
 
 def document_lengths(docs, entropies, config: PatchConfig) -> list[np.ndarray]:
-    if isinstance(docs, MappedCorpus):  # a corpus larger than memory: patched when a document is read
-        return LazyLengths(docs, entropies, config)
-    entropies = entropies if entropies is not None else [None] * len(docs)
-    return [patch_lengths_from_entropies(h, d, config) for h, d in zip(entropies, docs)]
+    """Patch lengths of every document; a MappedCorpus (larger than memory) patches one when it is read."""
+    lengths = LazyLengths(docs, entropies, config)
+    return lengths if isinstance(docs, MappedCorpus) else [lengths[i] for i in range(len(docs))]
 
 
 class LazyLengths(Sequence):
-    """Patch lengths of a MappedCorpus's documents, computed when one is read (entropies: None or a
-    sequence of per-document arrays, read the same way)."""
+    """Patch lengths of documents, computed when one is read (entropies: None or a sequence of
+    per-document arrays, read the same way)."""
 
     def __init__(self, docs: MappedCorpus, entropies, config: PatchConfig):
         self.docs, self.entropies, self.config = docs, entropies, config
@@ -293,16 +296,10 @@ class LazyLengths(Sequence):
         return len(self.docs)
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return LazyLengths(self.docs[i], self.entropies[i] if self.entropies is not None else None,
-                               self.config)
         h = self.entropies[i] if self.entropies is not None else None
+        if isinstance(i, slice):
+            return LazyLengths(self.docs[i], h, self.config)
         return patch_lengths_from_entropies(h, self.docs[i], self.config)
-
-    def head(self, max_bytes: int) -> list[np.ndarray]:
-        """The lengths of the first documents up to max_bytes (at least one): a sample for statistics."""
-        keep = max(1, int(np.searchsorted(np.cumsum(self.docs.lengths), max_bytes, side="right")))
-        return [self[i] for i in range(min(keep, len(self)))]
 
 
 def corpus_lengths(docs) -> np.ndarray:
@@ -325,15 +322,16 @@ class PatchedWindows:
         sizes = np.asarray(corpus_lengths(docs), dtype=np.float64)
         self.prob = sizes / sizes.sum()
         # a mapped corpus's patches are found per drawn document (LazyLengths), never all at once
-        self.starts = None if isinstance(lengths, LazyLengths) else [patch_starts(n) for n in lengths]
-        self.n_ok = None if self.starts is None else [self.full_windows(st, len(d))
-                                                      for st, d in zip(self.starts, docs)]
+        self.found = None if isinstance(lengths, LazyLengths) else [self.starts_of(n, len(d))
+                                                                    for n, d in zip(lengths, docs)]
 
-    def full_windows(self, starts: np.ndarray, size: int) -> int:
-        """The patch starts that leave a full window, and the first one past them (whose window runs off
-        the end, a little padded), so a document's last bytes are trained on too."""
+    def starts_of(self, lengths: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+        """A document's patch starts, and how many of them start a window: those that leave a full
+        window, and the first one past them (whose window runs off the end, a little padded), so a
+        document's last bytes are trained on too."""
+        starts = patch_starts(lengths)
         last = max(0, size - self.max_seq_len)
-        return min(len(starts), int(np.searchsorted(starts, last, side="right")) + 1)
+        return starts, min(len(starts), int(np.searchsorted(starts, last, side="right")) + 1)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """x (B', T) bytes, lengths (B', P) zero-padded, y (B', T) targets (-100 past a short document)."""
@@ -343,22 +341,14 @@ class PatchedWindows:
         doc = rng.choice(len(self.docs), size=batch_size, p=self.prob)
         pick = rng.random(batch_size)
         per = batch_size // world_size
-        T = self.max_seq_len
-        x = np.zeros((per, T), dtype=np.int64)
-        y = np.full((per, T), -100, dtype=np.int64)
-        rows = []
-        for r, i in enumerate(range(rank * per, (rank + 1) * per)):
+        windows = []
+        for i in range(rank * per, (rank + 1) * per):
             d, data = doc[i], self.docs[doc[i]]
-            st = self.starts[d] if self.starts is not None else patch_starts(self.lengths[d])
-            n_ok = self.n_ok[d] if self.n_ok is not None else self.full_windows(st, len(data))
+            st, n_ok = self.found[d] if self.found is not None else self.starts_of(self.lengths[d], len(data))
             s = int(st[int(pick[i] * n_ok)])
-            e = min(s + T, len(data))
-            x[r, : e - s] = np.frombuffer(data, dtype=np.uint8, count=e - s, offset=s)
-            y[r, : e - s] = x[r, : e - s]
-            rows.append(window_lengths(st, s, e))
-        lengths = np.zeros((per, max(len(n) for n in rows)), dtype=np.int64)  # (B', P)
-        for r, n in enumerate(rows):
-            lengths[r, : len(n)] = n
+            windows.append((data, st, s, min(s + self.max_seq_len, len(data))))
+        x, lengths = window_batch(windows, self.max_seq_len)  # a window's patch lengths sum to its bytes
+        y = np.where(np.arange(self.max_seq_len) < lengths.sum(1, keepdims=True), x, -100)
         return torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(y)
 
 
@@ -398,12 +388,7 @@ def evaluate(model: BLTModel, docs: list[bytes], lengths: list[np.ndarray], max_
     doc_nats, doc_bytes = np.zeros(len(docs)), np.array([len(d) for d in docs], dtype=np.int64)
     for b in range(0, len(jobs), batch_size):
         chunk = jobs[b:b + batch_size]
-        rows = [window_lengths(starts[i], s, e) for i, s, _, e in chunk]
-        x = np.zeros((len(chunk), max_seq_len), dtype=np.int64)
-        pl = np.zeros((len(chunk), max(len(n) for n in rows)), dtype=np.int64)
-        for r, ((i, s, _, e), n) in enumerate(zip(chunk, rows)):
-            x[r, : e - s] = np.frombuffer(docs[i], dtype=np.uint8, count=e - s, offset=s)
-            pl[r, : len(n)] = n
+        x, pl = window_batch([(docs[i], starts[i], s, e) for i, s, _, e in chunk], max_seq_len)
         xt = torch.from_numpy(x).to(device)
         logits, _ = model(xt, torch.from_numpy(pl).to(device))
         nll = F.cross_entropy(logits.float().transpose(1, 2), xt, reduction="none").cpu().double()  # (B, T)
@@ -428,19 +413,17 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
     `resume` is a checkpoint of the same run (same patches, data and settings) to continue from, exactly.
     per_document=True adds doc_nats and doc_bytes of the final evaluation (every held-out document).
     """
-    T = model.config.max_seq_len
-    if dataset.patch_config.size_bounds[1] > T:
-        raise ValueError(f"max_patch_size {dataset.patch_config.size_bounds[1]} exceeds max_seq_len {T}")
+    T, pc = model.config.max_seq_len, dataset.patch_config
+    if pc.size_bounds[1] > T:
+        raise ValueError(f"max_patch_size {pc.size_bounds[1]} exceeds max_seq_len {T}")
     dist, device = setup_distributed(device_name)
     try:
         model.to(device)
         if fsdp:  # sharded before the optimizer is made (FSDP2)
             shard(model, dist)
         optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
-        history = {"step": 0}
-        if resume:
-            check_same_data(resume, dataset)
-            history = resume_run(resume, model, optimizer, config, dataset.meta())
+        # resume_run refuses a checkpoint of other documents, patches or entropy model (dataset.meta())
+        history = resume_run(resume, model, optimizer, config, dataset.meta()) if resume else {"step": 0}
         trained = maybe_compile(model if fsdp else distribute(model, dist), compile)
         windows = PatchedWindows(dataset.train_docs, dataset.train_lengths, T, config.seed)
         mean_ps, n_train = dataset.mean_patch_size, int(corpus_lengths(dataset.train_docs).sum())
@@ -458,7 +441,6 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
             return {"val_bpb": bpb, "val_bytes": n}
 
         if dist.is_main:
-            pc = dataset.patch_config
             threshold = f" threshold {pc.entropy_threshold:.4f}" if pc.needs_entropy else ""
             print(f"BLT: {count_params(model):,} params ({model.num_params(include_hash=False):,} without "
                   f"hash tables); patching {pc.method}{threshold}, mean patch {mean_ps:.2f} bytes; train "
@@ -471,7 +453,6 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
                        bytes_per_step=config.batch_size // dist.world_size * T)
         final = result["evals"][-1] if result["evals"] else {}
         fpb = flops_per_byte(model.config, mean_ps, T)
-        pc = dataset.patch_config
         return {"val_bpb": final.get("val_bpb", float("nan")), "val_bytes": final.get("val_bytes", 0),
                 "mean_patch_size": mean_ps, "params": count_params(model),
                 "params_without_hash": model.num_params(include_hash=False), "flops_per_byte": fpb,
@@ -484,17 +465,6 @@ def train_blt(model: BLTModel, dataset: PatchedDataset, config: TrainConfig, out
                 "finished_before": result.get("finished_before", False)}
     finally:
         cleanup_distributed()
-
-
-def check_same_data(resume: str, dataset: PatchedDataset):
-    """A resumed run must patch the same training documents the same way with the same entropy model."""
-    saved = load_checkpoint(resume, "blt")["_extra_state"].get("meta") or {}
-    now = dataset.meta()
-    diff = [k for k in ("patch", "entropy_fingerprint", "train_data") if saved.get(k) != now[k]]
-    if diff:
-        names = {"patch": "patches", "entropy_fingerprint": "entropy model", "train_data": "training data"}
-        raise ValueError(f"{resume}: was trained with other {', '.join(names[k] for k in diff)}"
-                         + (f" (patch config {saved.get('patch')})" if "patch" in diff else ""))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -563,37 +533,7 @@ def main(argv=None):
         p.error("--eval and --generate need --checkpoint")
     try:
         check_run_args(args)
-        if args.generate or args.eval:
-            check_generate_args(args)
-            return eval_or_generate(args, p)
-        mcfg = model_config(args.preset, args.quick_demo, **config_overrides(args, BLTConfig))
-        pcfg = patch_config(**config_overrides(args, PatchConfig))
-        tcfg = train_config(args.quick_demo, **config_overrides(args, TrainConfig))
-        args.entropy_model_path = entropy_model_path(args, pcfg)
-        ecfg = entropy_config(args) if args.train_entropy and pcfg.needs_entropy else None
-        docs = load_corpus(args.data, tcfg.max_bytes, text_field=args.text_field)
-        check_split(*split_documents(docs), args.data)
-        entropy_model = None
-        if pcfg.needs_entropy:
-            if ecfg is not None:
-                train_entropy(args, ecfg, docs)
-            elif not is_hf(args.entropy_model_path) and not os.path.exists(args.entropy_model_path):
-                raise CheckpointError(f"{args.entropy_model_path}: no such file; train an entropy model "
-                                      "first with `python entropy_llm.py --quick_demo`, or add "
-                                      "--train_entropy (or use --method space|static|byte, which need none)")
-            entropy_model = load_entropy_model(args.entropy_model_path, pick_device(args.device))
-        epath = args.entropy_model_path
-        epath = epath if is_hf(epath) else os.path.abspath(epath)
-        dataset = prepare_dataset(docs, pcfg, entropy_model, epath)
-        model = build_model(mcfg, tcfg.seed)
-        report = train_blt(model, dataset, tcfg, args.out, args.device, resume_path(args), args.compile,
-                           fsdp=args.fsdp)
-        if not is_main_process():  # torchrun: rank 0 speaks for the job
-            return 0
-        done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
-        print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean "
-              f"patch {report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; "
-              f"saved {args.out}")
+        report = eval_or_generate(args) if args.generate or args.eval else train_command(args)
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 130
@@ -603,16 +543,37 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_report(args.report, report)
+    if is_main_process():  # torchrun: rank 0 speaks for the job
+        write_report(args.report, report)
     return 0
 
 
+def train_command(args) -> dict:
+    """Train a BLT as the flags say: the corpus, its entropy model (first trained with --train_entropy)."""
+    mcfg = model_config(args.preset, args.quick_demo, **config_overrides(args, BLTConfig))
+    pcfg = patch_config(**config_overrides(args, PatchConfig))
+    tcfg = train_config(args.quick_demo, **config_overrides(args, TrainConfig))
+    epath = args.entropy_model_path = entropy_model_path(args, pcfg)
+    ecfg = entropy_config(args) if args.train_entropy and pcfg.needs_entropy else None
+    docs = load_corpus(args.data, tcfg.max_bytes, text_field=args.text_field)
+    check_split(*split_documents(docs), args.data)
+    if ecfg is not None:
+        train_entropy(args, ecfg, docs)
+    entropy_model = load_entropy_model(epath, pick_device(args.device)) if pcfg.needs_entropy else None
+    dataset = prepare_dataset(docs, pcfg, entropy_model, epath if is_hf(epath) else os.path.abspath(epath))
+    report = train_blt(build_model(mcfg, tcfg.seed), dataset, tcfg, args.out, args.device, resume_path(args),
+                       args.compile, fsdp=args.fsdp)
+    if is_main_process():
+        done = f"{resume_path(args)}: already finished; its " if report["finished_before"] else ""
+        print(f"{done}held-out {report['val_bpb']:.4f} bits per byte on {report['val_bytes']:,} bytes; mean "
+              f"patch {report['mean_patch_size']:.2f} bytes; {report['bytes_per_s']:,.0f} training bytes/s; "
+              f"saved {args.out}")
+    return report
+
+
 # the entropy model --train_entropy trains for each BLT size: (entropy_llm preset, its training defaults)
-ENTROPY_FOR_PRESET = {
-    "tiny": ("tiny", dict(max_steps=200, warmup_steps=20, eval_interval=0, ckpt_interval=0)),
-    "cpu": ("cpu", {}),
-    "cpu-fast": ("cpu", {}),
-}
+TINY_ENTROPY = dict(max_steps=200, warmup_steps=20, eval_interval=0, ckpt_interval=0)
+ENTROPY_FOR_PRESET = {"tiny": ("tiny", TINY_ENTROPY), "cpu": ("cpu", {}), "cpu-fast": ("cpu", {})}
 ENTROPY_FOR_LARGER = ("seed", {})  # every larger BLT preset
 
 
@@ -620,10 +581,15 @@ def entropy_model_path(args, pcfg: PatchConfig) -> str:
     """The entropy model a run reads, or writes with --train_entropy: beside --out unless named.
 
     A model that --train_entropy would write over is refused unless --overwrite (or --resume, which
-    continues the one this run wrote); an entropy-free method needs none.
+    continues the one this run wrote); a model to read must exist; an entropy-free method needs none.
     """
     if not (args.train_entropy and pcfg.needs_entropy):
-        return args.entropy_model_path or "entropy_model.pth"
+        path = args.entropy_model_path or "entropy_model.pth"
+        if pcfg.needs_entropy and not is_hf(path) and not os.path.exists(path):
+            raise CheckpointError(f"{path}: no such file; train an entropy model first with `python "
+                                  "entropy_llm.py --quick_demo`, or add --train_entropy (or use --method "
+                                  "space|static|byte, which need none)")
+        return path
     path = args.entropy_model_path or os.path.splitext(args.out)[0] + ".entropy.pth"
     if os.path.abspath(path) == os.path.abspath(args.out):
         raise ValueError(f"--entropy_model_path {path}: is --out itself; give the entropy model its own file")
@@ -640,15 +606,6 @@ def entropy_config(args):
     return entropy_llm.build_config(preset, args.quick_demo, **{**defaults, **given})
 
 
-def check_generate_args(args):
-    if args.max_new_bytes < 0:
-        raise ValueError(f"--max_new_bytes must not be negative, got {args.max_new_bytes}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
-
-
 def train_entropy(args, ecfg, docs):
     """--train_entropy: the entropy model on this corpus's training documents (never its held-out ones).
 
@@ -661,7 +618,14 @@ def train_entropy(args, ecfg, docs):
     print(f"entropy model: held-out {rep['val_bpb']:.4f} bits per byte; saved {path}")
 
 
-def eval_or_generate(args, p) -> int:
+def eval_or_generate(args) -> dict:
+    """--eval: BPB of --checkpoint over every byte of --data; --generate: --prompt continued."""
+    if args.max_new_bytes < 0:
+        raise ValueError(f"--max_new_bytes must not be negative, got {args.max_new_bytes}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
     model = load_blt(args.checkpoint, pick_device(args.device))
     if args.eval:
         docs = load_corpus(args.data, getattr(args, "max_bytes", None), text_field=args.text_field)
@@ -683,8 +647,7 @@ def eval_or_generate(args, p) -> int:
         print(format_patches(model.patcher.create_patches(prompt + new)) if args.show_patches else text)
         report = {"prompt": args.prompt, "output": new.decode("utf-8", errors="replace"),
                   "new_bytes": len(new), "bytes_per_s": len(new) / dt if dt > 0 else float("nan")}
-    write_report(args.report, report)
-    return 0
+    return report
 
 
 if __name__ == "__main__":
