@@ -455,12 +455,6 @@ class EnsembleStream:
         return float(window_js(list(self.model.models), x, s)[i - s])
 
 
-def load_entropy_models(paths: list[str], combine: str | None = None, device=None):
-    """The entropy model at paths[0], or, for several paths or a combine rule, their EntropyEnsemble."""
-    models = [load_entropy_model(p, device) for p in paths]
-    return models[0] if len(models) == 1 and combine is None else EntropyEnsemble(models, combine or "mean")
-
-
 def patching_flops_per_byte(entropy_model) -> float:
     """Forward FLOPs per patched byte of an entropy model or ensemble (the sum of its models'): each model's
     FLOPs per byte times 2, as its scoring windows overlap by half (entropy_windows)."""
@@ -492,8 +486,10 @@ def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
     out = [np.zeros(0, dtype=np.float32) for _ in docs]
     idx = [k for k, d in enumerate(docs) if len(d)]
     todo = [docs[k] for k in idx]
+    if not todo:  # nothing to score (and no empty progress bar)
+        return out
     ents = (model.scores(todo, batch_size, show_progress) if isinstance(model, EntropyEnsemble)
-            else compute_entropies(model, todo, batch_size, show_progress))  # [] for no documents
+            else compute_entropies(model, todo, batch_size, show_progress))
     for k, h in zip(idx, ents):
         assert len(h) == len(docs[k]), f"compute_entropies gave {len(h)} values for {len(docs[k])} bytes"
         out[k] = h
@@ -889,9 +885,11 @@ def cli_parser(prog: str | None, description: str) -> argparse.ArgumentParser:
 
 
 def cli_model(args):
-    """The entropy model, or the ensemble, that the shared flags name."""
-    paths = args.checkpoints or ["entropy_model.pth"]
-    return load_entropy_models(paths, args.combine, pick_device(args.device))
+    """The entropy model the shared flags name, or for several models or a --combine their EntropyEnsemble."""
+    device = pick_device(args.device)
+    models = [load_entropy_model(path, device) for path in args.checkpoints or ["entropy_model.pth"]]
+    one = len(models) == 1 and args.combine is None
+    return models[0] if one else EntropyEnsemble(models, args.combine or "mean")
 
 
 def analyze_main(argv) -> int:
