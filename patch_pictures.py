@@ -1,6 +1,7 @@
-"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view, histograms of
-entropies per domain, and the summary figures of a patching: patch_statistics (lengths) and
-boundary_quality (where patches start: word boundaries, surprisal enrichment, size spread).
+"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view (and the patcher
+CLI's printout, show_patching), histograms of entropies per domain, and the summary figures of a patching:
+patch_statistics (lengths), entropy_statistics (H) and boundary_quality (where patches start: word
+boundaries, surprisal enrichment, size spread).
 
     from patch_pictures import format_patches, plot_entropies, write_html
     print(format_patches(patcher.create_patches(b"Hello, world")))      # hello,▏·world
