@@ -13,21 +13,19 @@ applies the size limits (BLT paper, Pagnoni et al. 2024, section 2.3). Byte 0 al
 
 The scan: a start is ignored while the current patch is shorter than min_patch_size, and forced when it
 reaches max_patch_size. `static` and `byte` fix every patch's length instead (the last may be shorter), so
-min_patch_size does not apply to them (a byte patcher with a minimum of 4 would not be one). Invariants,
-asserted where lengths are made: every length is >= 1 and <= max_patch_size, every length but a document's
-last is >= the minimum, and the lengths sum to the number of bytes.
+min_patch_size does not apply to them. Invariants, asserted where lengths are made: every length is in
+[1, max_patch_size], every length but a document's last is >= the minimum, they sum to the bytes.
 
 Causality: whether byte i starts a patch depends on bytes < i only (H[i] is a function of bytes < i), so
 the same rule runs byte by byte while generating (PatchStream). `space` is the causal form of SpaceByte's
-rule (Slagle 2024): byte i starts a patch when byte i-1 is space-like and byte i-2 is not. Word bytes are
-ASCII letters and digits, `_` and every byte >= 0x80 (patch_pictures.WORD_BYTE; a UTF-8 character is never
-split); the document start counts as space-like. b"hello, world" -> b"hello," b" world".
+rule (Slagle 2024): byte i starts a patch when byte i-1 is space-like and byte i-2 is not (word bytes:
+patch_pictures.WORD_BYTE, so a UTF-8 character is never split; the document start counts as space-like).
+b"hello, world" -> b"hello," b" world".
 
-Ensembles (the seed's "multiple entropy models"): EntropyPatcher([m1, m2, ...], combine=...) patches on one
-score per byte made from several entropy models, and every rule above reads it in place of H: the mean or
-the max of their H_k[i], or "js", the Jensen-Shannon divergence of their next-byte distributions (their
-disagreement, in nats). Each H_k[i] depends on bytes < i only, so the combined score does too; thresholds
-are calibrated on it; its cost is the sum of its models' (patching_flops_per_byte).
+Ensembles: EntropyPatcher([m1, m2, ...], combine=...) patches on one score per byte from several entropy
+models, which every rule reads in place of H: the mean or the max of their H_k[i], or "js", the
+Jensen-Shannon divergence of their next-byte distributions (their disagreement, in nats). Each H_k[i]
+depends on bytes < i only, so the score does too; it costs the sum of its models (patching_flops_per_byte).
 
 Worked example (global, threshold 1.0, min_patch_size 2):
 
@@ -40,20 +38,13 @@ Worked example (global, threshold 1.0, min_patch_size 2):
 
 Entropies are computed once per (documents, entropy model, window) and kept on disk (cached_entropies);
 patch lengths are cheap and always recomputed from them. Pictures of patches are in patch_pictures.py.
-
 Shape letters: N bytes of one document, B rows of a batch, T bytes per row, P patches (per row).
 
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --text "The BLT groups bytes."
     python entropy_patcher.py --entropy_model_path entropy_model.pth --text "Hi" --plot p.png --html p.html
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --max_bytes 1000000 --report p.json
-    python entropy_patcher.py --entropy_model_path entropy_model.pth --target_patch_size 4.5 \
-        --method global_monotonic
-    python entropy_patcher.py --method space --text "no entropy model needed for space patching"
     python entropy_patcher.py --checkpoint a.pth --checkpoint b.pth --combine js --target_patch_size 4.5
-Per-domain thresholds (entropy distribution, global and monotonic thresholds per target patch size, and
-how a threshold calibrated on one domain patches another; a histogram per domain):
+    python entropy_patcher.py --method space --text "no entropy model needed for space patching"
     python entropy_patcher.py analyze --checkpoint entropy_model.pth --data builtin:code \
-        --data builtin:prose --report analysis.json --plot analysis.png
+        --data builtin:prose --report analysis.json --plot analysis.png  # thresholds per domain, transfer
 """
 from __future__ import annotations
 
@@ -73,22 +64,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import entropy_llm
+import patch_pictures
 from byte_data import DataError, load_corpus, split_documents
 from common import atomic_write, config_from_dict, pick_device, write_report
-from entropy_llm import EntropyStream, compute_entropies, entropy_windows
-from patch_pictures import (
-    WORD_BYTE,
-    format_analysis,
-    patch_statistics,
-    plot_entropies,
-    plot_entropy_histograms,
-    terminal_view,
-    write_html,
-)
+from entropy_llm import EntropyStream, compute_entropies, entropy_windows, flops_per_byte
+from patch_pictures import WORD_BYTE, patch_start_flags, patch_statistics, split_patches
 from save_entropy_model import CheckpointError, load_entropy_model, model_fingerprint
-
-__all__ = ["patch_statistics"]  # re-exported: callers read the statistics from the patcher module
 
 METHODS = ("global", "monotonic", "global_monotonic", "static", "space", "byte")
 ENTROPY_METHODS = ("global", "monotonic", "global_monotonic")  # the methods that read H
@@ -262,14 +243,6 @@ def patch_lengths_from_entropies(entropies, data, config: PatchConfig) -> np.nda
     return starts_to_lengths(patch_start_mask(entropies, data, config), config)
 
 
-def split_patches(data, lengths) -> list[bytes]:
-    """Cut bytes into patches of the given lengths."""
-    data, ends = bytes(data), np.cumsum(lengths).tolist()
-    if (ends[-1] if ends else 0) != len(data):
-        raise ValueError(f"patch lengths sum to {ends[-1] if ends else 0}, not to the {len(data)} bytes")
-    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
-
-
 def patch_lengths_batch(entropies, data, valid_lengths, config: PatchConfig) -> torch.Tensor:
     """A batch of documents: H (B, T) and bytes (B, T) (either None if the method does not read it),
     valid_lengths (B,) (None = all T) -> patch lengths (B, P_max) long, right-padded with zeros.
@@ -318,10 +291,8 @@ class PatchStream:
                              "(calibrate first)")
         self.config = config
         self.lo, self.hi = config.size_bounds
-        self.entropy = None
-        if config.needs_entropy:
-            ensemble = isinstance(entropy_model, EntropyEnsemble)
-            self.entropy = EnsembleStream(entropy_model) if ensemble else EntropyStream(entropy_model)
+        stream = EnsembleStream if isinstance(entropy_model, EntropyEnsemble) else EntropyStream
+        self.entropy = stream(entropy_model) if config.needs_entropy else None
         self.position = 0  # index i of the next byte
         self.patch_length = 0  # bytes in the current (open) patch
         self.last = np.zeros(0, dtype=np.uint8)  # bytes i-2, i-1 (the space rule reads them)
@@ -372,14 +343,12 @@ class PatchStream:
                 self.push(b)
             return starts
         lengths = patch_lengths_from_entropies(H, data, self.config)
-        flags = np.zeros(len(data), dtype=bool)
-        flags[np.cumsum(lengths) - lengths] = True
         self.position, self.patch_length = len(data), int(lengths[-1])
         self.last = np.frombuffer(data[-2:], dtype=np.uint8).copy()
         self.prev_entropy = None if H is None else float(H[-1])
         for b in data if self.entropy is not None else ():
             self.entropy.push(b)  # history only: the model runs when the next byte's score is asked for
-        return flags.tolist()
+        return patch_start_flags(lengths, len(data)).tolist()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -397,19 +366,19 @@ def combine_scores(per_model: list[np.ndarray], combine: str) -> np.ndarray:
     in model order, so one byte at a time (EnsembleStream) gives the very same bits."""
     if combine == "max":
         return np.max(np.stack(per_model), axis=0).astype(np.float32)  # (N,)
-    total = np.zeros(len(per_model[0]))
-    for h in per_model:
-        total = total + np.asarray(h, dtype=np.float64)
-    return (total / len(per_model)).astype(np.float32)
+    return (sum(np.asarray(h, dtype=np.float64) for h in per_model) / len(per_model)).astype(np.float32)
 
 
 @torch.inference_mode()
-def window_js(models, row: np.ndarray) -> np.ndarray:
+def window_js(models, x: np.ndarray, s: int) -> np.ndarray:
     """Jensen-Shannon divergence (nats) of the models' next-byte distributions p_k at every position of
-    one window: H(mean_k p_k) - mean_k H(p_k), >= 0, 0 where they agree. row (T,) bytes -> (T,) float32;
-    position t reads row[:t] only (each model is causal), so what follows it never matters."""
-    x = torch.from_numpy(row).to(next(models[0].parameters()).device).view(1, -1)  # (1, T)
-    p = torch.stack([F.softmax(m(x)[0][0].float(), dim=-1) for m in models]).double()  # (K, T, V)
+    the window of x (bytes) that starts at byte s: H(mean_k p_k) - mean_k H(p_k), >= 0, 0 where they
+    agree. -> (W,) float32; position t reads x[s:s + t] only (each model is causal)."""
+    W = models[0].config.max_seq_len
+    row = np.zeros(W, dtype=np.int64)  # padded on the right: causal, so harmless
+    row[:min(W, len(x) - s)] = x[s:s + W]
+    row = torch.from_numpy(row).to(next(models[0].parameters()).device).view(1, -1)  # (1, W)
+    p = torch.stack([F.softmax(m(row)[0][0].float(), dim=-1) for m in models]).double()  # (K, W, V)
 
     def entropy(q):  # (..., V) -> (...), nats
         return -torch.special.xlogy(q, q).sum(-1)
@@ -420,13 +389,10 @@ def window_js(models, row: np.ndarray) -> np.ndarray:
 def js_scores(models, data: bytes) -> np.ndarray:
     """window_js over one document in the windows of compute_entropies (entropy_windows: overlapping by
     half), one window per forward, so EnsembleStream, which runs the window of each byte alone, agrees."""
-    W = models[0].config.max_seq_len
     x = np.frombuffer(data, dtype=np.uint8)
     out = np.zeros(len(x), dtype=np.float32)
-    for s, k0, k1 in entropy_windows(len(x), W):
-        row = np.zeros(W, dtype=np.int64)  # padded on the right: causal, so harmless
-        row[:min(W, len(x) - s)] = x[s:s + W]
-        out[k0:k1] = window_js(models, row)[k0 - s:k1 - s]
+    for s, k0, k1 in entropy_windows(len(x), models[0].config.max_seq_len):
+        out[k0:k1] = window_js(models, x, s)[k0 - s:k1 - s]
     return out
 
 
@@ -460,8 +426,7 @@ class EntropyEnsemble(nn.Module):
         """The combined score (N,) float32 of each document."""
         if self.config.combine == "js":
             return [js_scores(list(self.models), d) for d in docs]
-        kw = {} if batch_size is None else {"batch_size": batch_size}
-        per_model = [compute_entropies(m, docs, show_progress=show_progress, **kw) for m in self.models]
+        per_model = [compute_entropies(m, docs, batch_size, show_progress) for m in self.models]
         return [combine_scores([h[k] for h in per_model], self.config.combine) for k in range(len(docs))]
 
 
@@ -482,27 +447,19 @@ class EnsembleStream:
             s.push(byte)
 
     def next_entropy(self) -> float:
-        c = self.model.config
+        c, i = self.model.config, len(self.history)
         if c.combine != "js":
             return float(combine_scores([np.float32([s.next_entropy()]) for s in self.streams], c.combine)[0])
-        i, W = len(self.history), c.max_seq_len
-        s = entropy_windows(i + 1, W)[-1][0]  # the window that scores byte i
-        row = np.zeros(W, dtype=np.int64)
-        row[:i - s] = np.frombuffer(bytes(self.history[s:i]), dtype=np.uint8)
-        return float(window_js(list(self.model.models), row)[i - s])
-
-
-def load_entropy_models(paths: list[str], combine: str | None = None, device=None):
-    """The entropy model at paths[0], or, for several paths or a combine rule, their EntropyEnsemble."""
-    models = [load_entropy_model(p, device) for p in paths]
-    return models[0] if len(models) == 1 and combine is None else EntropyEnsemble(models, combine or "mean")
+        s = entropy_windows(i + 1, c.max_seq_len)[-1][0]  # the window that scores byte i
+        x = np.frombuffer(bytes(self.history), dtype=np.uint8)
+        return float(window_js(list(self.model.models), x, s)[i - s])
 
 
 def patching_flops_per_byte(entropy_model) -> float:
     """Forward FLOPs per patched byte of an entropy model or ensemble (the sum of its models'): each model's
     FLOPs per byte times 2, as its scoring windows overlap by half (entropy_windows)."""
     models = entropy_model.models if isinstance(entropy_model, EntropyEnsemble) else [entropy_model]
-    return sum(2 * entropy_llm.flops_per_byte(m.config) for m in models)
+    return sum(2 * flops_per_byte(m.config) for m in models)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -528,16 +485,14 @@ def document_entropies(model, docs: list[bytes], batch_size: int | None = None,
         raise ValueError("this patching method needs an entropy model (or precomputed entropies)")
     out = [np.zeros(0, dtype=np.float32) for _ in docs]
     idx = [k for k, d in enumerate(docs) if len(d)]
-    if idx:
-        todo = [docs[k] for k in idx]
-        if isinstance(model, EntropyEnsemble):
-            ents = model.scores(todo, batch_size, show_progress)
-        else:
-            kwargs = {} if batch_size is None else {"batch_size": batch_size}
-            ents = compute_entropies(model, todo, show_progress=show_progress, **kwargs)
-        for k, h in zip(idx, ents):
-            assert len(h) == len(docs[k]), f"compute_entropies gave {len(h)} values for {len(docs[k])} bytes"
-            out[k] = h
+    todo = [docs[k] for k in idx]
+    if not todo:  # nothing to score (and no empty progress bar)
+        return out
+    ents = (model.scores(todo, batch_size, show_progress) if isinstance(model, EntropyEnsemble)
+            else compute_entropies(model, todo, batch_size, show_progress))
+    for k, h in zip(idx, ents):
+        assert len(h) == len(docs[k]), f"compute_entropies gave {len(h)} values for {len(docs[k])} bytes"
+        out[k] = h
     return out
 
 
@@ -547,10 +502,8 @@ CACHE_ENV = "BLT_CACHE_DIR"  # where entropy caches go when no cache_dir is give
 def default_cache_dir() -> str:
     """$BLT_CACHE_DIR, else the per-user cache ($XDG_CACHE_HOME or ~/.cache)/entropy-blt/entropies: never
     the folder a command happens to run in (it may be read-only, or a source tree)."""
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "entropy-blt", "entropies")
+    return os.environ.get(CACHE_ENV) or os.path.join(root, "entropy-blt", "entropies")
 
 
 def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: str | None = None) -> str:
@@ -581,15 +534,12 @@ def read_entropy_cache(path: str, docs: list[bytes]) -> list[np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:  # an .npy gives an array: no context manager -> caught
             flat, stored = z["entropies"], str(z["sha256"])
-        if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32
-                and flat.shape == (sum(map(len, docs)),)):
+        if flat.dtype != np.float32 or flat.shape != (sum(map(len, docs)),):
             problem = "does not fit the documents"
         elif payload_checksum(flat) != stored:
             problem = "fails its checksum (damaged)"
-        elif not np.isfinite(flat).all():
-            problem = "holds non-finite values"
         else:
-            problem = None
+            problem = None if np.isfinite(flat).all() else "holds non-finite values"
     except Exception as e:  # truncated, empty, not an npz at all: a cache is recomputed, never trusted
         problem = f"is unreadable ({type(e).__name__}: {str(e)[:100]})"
     if problem:
@@ -626,8 +576,8 @@ def cached_entropies(entropy_model, docs: list[bytes], cache_dir: str | None, la
     hit = ent is not None
     if not hit:
         ent = document_entropies(entropy_model, docs, batch_size, show_progress)
-    if path is not None and not hit:
-        write_entropy_cache(path, ent)
+        if path is not None:
+            write_entropy_cache(path, ent)
     return (ent, hit) if with_hit else ent
 
 
@@ -837,20 +787,17 @@ def analyze_entropy_distribution(entropy_model, byte_sequences, config: PatchCon
     docs = documents(byte_sequences)
     entropies = entropies if entropies is not None else document_entropies(entropy_model, docs)
     h = np.concatenate([np.asarray(e, dtype=np.float64) for e in entropies] or [np.zeros(0)])
-    stat = (lambda f: float(f(h))) if h.size else (lambda f: 0.0)
-    out = {"num_bytes": int(h.size), "mean": stat(np.mean), "std": stat(np.std),
-           "percentiles": {p: stat(lambda a, p=p: np.percentile(a, p)) for p in (5, 10, 25, 50, 75, 90, 95)},
-           "thresholds_for_patch_size": {m: {} for m in ANALYSIS_METHODS}}
+    out = {**patch_pictures.entropy_statistics(h), "thresholds_for_patch_size": {}}
     for method in ANALYSIS_METHODS:
+        out["thresholds_for_patch_size"][method] = thresholds = {}
         for size in patch_sizes:
             try:
-                t = calibrate_threshold(None, docs, size, method, config, entropies=entropies)
+                thresholds[size] = calibrate_threshold(None, docs, size, method, config, entropies=entropies)
             except CalibrationError:  # out of reach for these data and limits: reported as None, by design
-                t = None
-            out["thresholds_for_patch_size"][method][size] = t
+                thresholds[size] = None
     if plot:
-        plot_entropy_histograms({"documents": h}, {"documents": out["thresholds_for_patch_size"]["global"]},
-                                plot)
+        global_t = out["thresholds_for_patch_size"]["global"]
+        patch_pictures.plot_entropy_histograms({"documents": h}, {"documents": global_t}, plot)
     return out
 
 
@@ -876,7 +823,8 @@ def analyze_domains(entropy_model, corpora: dict, config: PatchConfig, patch_siz
                     b: None if t is None else mean_patch_size(hv, v, cfg) for b, (v, hv) in held_out.items()}
     if plot:
         thresholds = {k: d["thresholds_for_patch_size"]["global"] for k, d in out["domains"].items()}
-        plot_entropy_histograms({k: np.concatenate(v) for k, v in train_h.items()}, thresholds, plot)
+        train_h = {k: np.concatenate(v) for k, v in train_h.items()}
+        patch_pictures.plot_entropy_histograms(train_h, thresholds, plot)
     return out
 
 
@@ -924,40 +872,45 @@ def calibrate(config: PatchConfig, entropy_model, train_docs, entropies=None,
 # Command line
 
 
-def add_model_args(p: argparse.ArgumentParser):
+def cli_parser(prog: str | None, description: str) -> argparse.ArgumentParser:
+    """A parser with the flags both commands share: the entropy model(s), the device, the JSON report."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entropy_model_path", "--checkpoint", dest="checkpoints", action="append",
                    help="entropy model (entropy_llm.py; default entropy_model.pth); repeat for an ensemble")
     p.add_argument("--combine", choices=COMBINES, help="how an ensemble combines its models (default mean)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--report", help="write the figures as JSON")
+    return p
+
+
+def cli_model(args):
+    """The entropy model the shared flags name, or for several models or a --combine their EntropyEnsemble."""
+    device = pick_device(args.device)
+    models = [load_entropy_model(path, device) for path in args.checkpoints or ["entropy_model.pth"]]
+    one = len(models) == 1 and args.combine is None
+    return models[0] if one else EntropyEnsemble(models, args.combine or "mean")
 
 
 def analyze_main(argv) -> int:
     """`entropy_patcher.py analyze`: analyze_entropy_distribution over one or more domains."""
-    p = argparse.ArgumentParser(prog="entropy_patcher.py analyze", description=analyze_entropy_distribution
-                                .__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    p = cli_parser("entropy_patcher.py analyze", analyze_entropy_distribution.__doc__)
     p.add_argument("--data", action="append", required=True,
                    help="a domain: builtin, builtin:code, builtin:prose, a file, a folder or hf:NAME; repeat")
     p.add_argument("--max_bytes", type=int, default=300_000, help="cap on each domain's bytes")
     p.add_argument("--min_patch_size", type=int, default=1)
     p.add_argument("--max_patch_size", type=int, default=128)
-    p.add_argument("--report", help="write the figures as JSON")
     p.add_argument("--plot", help="save a histogram of H per domain (PNG)")
     args = p.parse_args(argv)
     if len(set(args.data)) != len(args.data):
         p.error("each --data once")
     t0 = time.perf_counter()
-    try:
-        config = PatchConfig(min_patch_size=args.min_patch_size, max_patch_size=args.max_patch_size,
-                             cache_patches=False)
-        model = load_entropy_models(args.checkpoints or ["entropy_model.pth"], args.combine,
-                                    pick_device(args.device))
-        corpora = {d: load_corpus(d, args.max_bytes) for d in args.data}
-        result = analyze_entropy_distribution(model, corpora, config, plot=args.plot)
-    except (ValueError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_analysis(result))
+    config = PatchConfig(min_patch_size=args.min_patch_size, max_patch_size=args.max_patch_size,
+                         cache_patches=False)
+    model = cli_model(args)
+    corpora = {d: load_corpus(d, args.max_bytes) for d in args.data}
+    result = analyze_entropy_distribution(model, corpora, config, plot=args.plot)
+    print(patch_pictures.format_analysis(result))
     if args.plot:
         print(f"plot: {args.plot}")
     sizes = {"min_patch_size": config.min_patch_size, "max_patch_size": config.max_patch_size}
@@ -967,16 +920,13 @@ def analyze_main(argv) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["analyze"]:
-        return analyze_main(argv[1:])
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def patch_main(argv) -> int:
+    """`entropy_patcher.py`: patch a text or a corpus and show it (module docstring)."""
+    p = cli_parser(None, __doc__)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="patch this text (UTF-8)")
     src.add_argument("--data", help="builtin (default), a file, a folder, or hf:NAME[:CONFIG]")
     p.add_argument("--max_bytes", type=int, default=100_000, help="cap on --data bytes")
-    add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="global")
     p.add_argument("--entropy_threshold", "--threshold", dest="entropy_threshold", type=float,
                    help="nats (default 0.6; 0.3 for monotonic)")
@@ -987,7 +937,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, help="compute_entropies batch size")
     p.add_argument("--plot", help="save a plot of the first document (PNG; needs the entropy model)")
     p.add_argument("--html", help="save the first document as HTML with patch colours")
-    p.add_argument("--report", help="write the figures as JSON")
     args = p.parse_args(argv)
     if args.entropy_threshold is not None and args.target_patch_size is not None:
         p.error("give --entropy_threshold or --target_patch_size, not both")
@@ -995,45 +944,29 @@ def main(argv=None) -> int:
         p.error(f"--target_patch_size calibrates the entropy methods only ({', '.join(ENTROPY_METHODS)})")
     names = ("monotonic_threshold", "patch_size", "min_patch_size", "max_patch_size", "target_patch_size")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    threshold = None if args.target_patch_size is not None else args.entropy_threshold
+    threshold = args.entropy_threshold
     if threshold is None and args.target_patch_size is None:
         threshold = 0.3 if args.method == "monotonic" else 0.6
+    config = PatchConfig(method=args.method, entropy_threshold=threshold, cache_patches=False, **fields)
+    docs = ([args.text.encode("utf-8")] if args.text is not None
+            else load_corpus(args.data or "builtin", args.max_bytes))
     entropies, bytes_per_s = None, None
-    try:  # the CLI measures entropy speed, so it always computes rather than reading the cache
-        config = PatchConfig(method=args.method, entropy_threshold=threshold, cache_patches=False, **fields)
-        docs = ([args.text.encode("utf-8")] if args.text is not None
-                else load_corpus(args.data or "builtin", args.max_bytes))
-        if config.needs_entropy or args.plot:
-            model = load_entropy_models(args.checkpoints or ["entropy_model.pth"], args.combine,
-                                        pick_device(args.device))
-            t0 = time.perf_counter()
-            entropies = document_entropies(model, docs, args.batch_size)
-            bytes_per_s = sum(map(len, docs)) / max(time.perf_counter() - t0, 1e-9)
-        if config.entropy_threshold is None:
-            config = calibrate(config, None, docs, entropies)
-            print(f"calibrated {config.method} threshold for mean patch size {config.target_patch_size}: "
-                  f"{config.entropy_threshold:.4f} nats")
-    except (ValueError, DataError, CheckpointError) as e:  # CalibrationError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if config.needs_entropy or args.plot:  # the CLI measures entropy speed: it never reads the cache
+        model = cli_model(args)
+        t0 = time.perf_counter()
+        entropies = document_entropies(model, docs, args.batch_size)
+        bytes_per_s = sum(map(len, docs)) / max(time.perf_counter() - t0, 1e-9)
+    if config.entropy_threshold is None:
+        config = calibrate(config, None, docs, entropies)
+        print(f"calibrated {config.method} threshold for mean patch size {config.target_patch_size}: "
+              f"{config.entropy_threshold:.4f} nats")
 
     t0 = time.perf_counter()
     doc_lengths = EntropyPatcher(None, config).document_patch_lengths(docs, entropies=entropies)
     patch_s = max(time.perf_counter() - t0, 1e-9)
-    stats = patch_statistics(doc_lengths)
-    print(terminal_view(docs[0], doc_lengths[0]))  # the first document, its first ~2000 bytes
-    speed = f", entropy model {bytes_per_s:,.0f} bytes/s" if bytes_per_s else ""
-    print(f"{config.method}: {stats['num_bytes']} bytes in {stats['num_documents']} document(s) -> "
-          f"{stats['num_patches']} patches, mean {stats['mean_patch_size']:.2f}, median "
-          f"{stats['median_patch_size']:.1f} bytes{speed}")
-    if args.plot:
-        shown_t = config.entropy_threshold if config.method in ("global", "global_monotonic") else None
-        plot_entropies(docs[0], entropies[0], doc_lengths[0], shown_t, args.plot,
-                       title=f"{config.method} patching")
-        print(f"plot: {args.plot}")
-    if args.html:
-        write_html(docs[0], None if entropies is None else entropies[0], doc_lengths[0], args.html)
-        print(f"html: {args.html}")
+    shown_t = config.entropy_threshold if config.method in ("global", "global_monotonic") else None
+    stats = patch_pictures.show_patching(docs, entropies, doc_lengths, config.method, shown_t, bytes_per_s,
+                                         args.plot, args.html)
     gm = config.method == "global_monotonic"
     monotonic = {"monotonic_threshold": config.monotonic_threshold} if gm else {}
     write_report(args.report, {
@@ -1045,6 +978,15 @@ def main(argv=None) -> int:
         "min_patch_size": config.size_bounds[0], "max_patch_size": config.size_bounds[1], **monotonic,
     })
     return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # a bad input is one line on stderr (CalibrationError is a ValueError)
+        return analyze_main(argv[1:]) if argv[:1] == ["analyze"] else patch_main(argv)
+    except (ValueError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

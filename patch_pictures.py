@@ -1,6 +1,7 @@
-"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view, histograms of
-entropies per domain, and the summary figures of a patching: patch_statistics (lengths) and
-boundary_quality (where patches start: word boundaries, surprisal enrichment, size spread).
+"""Pictures of patches: a Figure-4-style plot (PNG), an HTML page, a one-line terminal view (and the patcher
+CLI's printout, show_patching), histograms of entropies per domain, and the summary figures of a patching:
+patch_statistics (lengths), entropy_statistics (H) and boundary_quality (where patches start: word
+boundaries, surprisal enrichment, size spread).
 
     from patch_pictures import format_patches, plot_entropies, write_html
     print(format_patches(patcher.create_patches(b"Hello, world")))      # hello,▏·world
@@ -153,6 +154,14 @@ def patch_statistics(doc_lengths: list[np.ndarray]) -> dict:
     }
 
 
+def split_patches(data, lengths) -> list[bytes]:
+    """Cut bytes into patches of the given lengths."""
+    data, ends = bytes(data), np.cumsum(lengths).tolist()
+    if (ends[-1] if ends else 0) != len(data):
+        raise ValueError(f"patch lengths sum to {ends[-1] if ends else 0}, not to the {len(data)} bytes")
+    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
+
 def terminal_view(data, lengths, max_bytes: int = 2000) -> str:
     """format_patches of the patches covering the first max_bytes bytes, with " ..." when cut."""
     ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
@@ -161,6 +170,26 @@ def terminal_view(data, lengths, max_bytes: int = 2000) -> str:
     data = bytes(data)
     patches = [data[s:e] for s, e in zip(starts[:k].tolist(), ends[:k].tolist())]
     return format_patches(patches) + (" ..." if k < len(ends) else "")
+
+
+def show_patching(docs, entropies, doc_lengths, method: str, threshold, bytes_per_s=None, plot=None,
+                  html_path=None) -> dict:
+    """What entropy_patcher.py prints for a patching: the first document's patches (terminal_view) and a
+    summary line; with plot / html_path, that document's plot_entropies (threshold None: no line) and
+    write_html. Returns patch_statistics(doc_lengths)."""
+    stats = patch_statistics(doc_lengths)
+    print(terminal_view(docs[0], doc_lengths[0]))
+    speed = f", entropy model {bytes_per_s:,.0f} bytes/s" if bytes_per_s else ""
+    print(f"{method}: {stats['num_bytes']} bytes in {stats['num_documents']} document(s) -> "
+          f"{stats['num_patches']} patches, mean {stats['mean_patch_size']:.2f}, median "
+          f"{stats['median_patch_size']:.1f} bytes{speed}")
+    if plot:
+        plot_entropies(docs[0], entropies[0], doc_lengths[0], threshold, plot, title=f"{method} patching")
+        print(f"plot: {plot}")
+    if html_path:
+        write_html(docs[0], None if entropies is None else entropies[0], doc_lengths[0], html_path)
+        print(f"html: {html_path}")
+    return stats
 
 
 def patch_start_flags(lengths, n: int) -> np.ndarray:
@@ -208,6 +237,14 @@ def boundary_quality(docs, doc_lengths, surprisal=None) -> dict:
             else None,
             "mean_patch_size": mean, "median_patch_size": float(np.median(lengths)) if lengths.size else 0.0,
             "patch_size_cv": float(lengths.std() / mean) if mean else 0.0}
+
+
+def entropy_statistics(h) -> dict:
+    """num_bytes, mean, std and percentiles of H (nats) over every byte, JSON-ready (zeros when empty)."""
+    h = np.asarray(h, dtype=np.float64)
+    stat = (lambda f: float(f(h))) if h.size else (lambda f: 0.0)
+    return {"num_bytes": int(h.size), "mean": stat(np.mean), "std": stat(np.std),
+            "percentiles": {p: stat(lambda a, p=p: np.percentile(a, p)) for p in (5, 10, 25, 50, 75, 90, 95)}}
 
 
 def plot_entropy_histograms(entropies: dict, thresholds: dict, path, bins: int = 60):
