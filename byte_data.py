@@ -16,10 +16,7 @@ A corpus is a list of documents, each `bytes`. Sources (`--data`):
 document never reaches the split cut short. Only a first document larger than max_bytes is cut, giving a
 one-document corpus.
 
-The split (DESIGN.md, "Held-out split"; split_documents) gives each document a side by a hash of its
-head, so the side depends neither on its position nor on max_bytes. Training reads fixed-length windows
-at random offsets inside training documents, a pure function of (seed, step), so resumed and distributed
-runs see the same data.
+The split: split_documents (DESIGN.md, "Held-out split"); training windows: ByteWindows.
 
     >>> docs = load_corpus("builtin", max_bytes=200_000)
     >>> train, val = split_documents(docs)
@@ -51,8 +48,7 @@ BLOCK_DIGEST = 16  # hex characters per block digest (64 bits): 4 bytes of recor
 LOCAL_DATASET_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 # A top-level wikitext heading, " = Title = \n", starts an article; " = = Section = = \n" does not.
 ARTICLE_HEADING = re.compile(r" = [^=](?:.*[^=])? = \n?")
-# Comments that are directives, not English: coding cookies, linters, type checkers.
-TOOL_COMMENT = re.compile(r"(-\*- )?(en)?coding[:=]|noqa|type:|pragma|fmt:")
+TOOL_COMMENT = re.compile(r"(-\*- )?(en)?coding[:=]|noqa|type:|pragma|fmt:")  # directives, not English
 
 
 class DataError(Exception):
@@ -308,17 +304,16 @@ def iter_documents(data: str = "builtin", text_field: str | None = None) -> Iter
 
 def capped_documents(source: Iterable[bytes], max_bytes: int | None) -> Iterator[bytes]:
     """Non-empty documents of `source` totalling at most max_bytes (module docstring)."""
-    total, first = 0, True
+    total = 0
     for doc in source:
         if not doc:
             continue
         if max_bytes is not None and total + len(doc) > max_bytes:
-            if first and max_bytes > 0:
-                yield doc[:max_bytes]  # a one-document corpus: its tail is held out
+            if total == 0 and max_bytes > 0:  # the first document: a one-document corpus, its tail held out
+                yield doc[:max_bytes]
             return
         yield doc
         total += len(doc)
-        first = False
 
 
 def load_corpus(data: str = "builtin", max_bytes: int | None = None,
@@ -421,19 +416,14 @@ class ByteWindows:
                 raise DataError(f"training documents must be bytes or integer ids, not {self.buffer.dtype}")
         self.prob = self.lengths / self.lengths.sum()  # documents drawn in proportion to their length
 
-    def sample(self, step: int, batch_size: int):
-        """(doc index, offset) of every row of the global batch at `step`."""
-        rng = np.random.default_rng((self.seed, step))
-        doc = rng.choice(len(self.lengths), size=batch_size, p=self.prob)
-        room = np.maximum(self.lengths[doc] - self.seq_len, 0)
-        offset = (rng.random(batch_size) * (room + 1)).astype(np.int64)
-        return doc, offset
-
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """x (B/world, T) ids, y (B/world, T) targets (= x, with -100 on padding past a short document)."""
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
-        doc, offset = self.sample(step, batch_size)
+        rng = np.random.default_rng((self.seed, step))  # the global batch: a document and offset per row
+        doc = rng.choice(len(self.lengths), size=batch_size, p=self.prob)
+        room = np.maximum(self.lengths[doc] - self.seq_len, 0)
+        offset = (rng.random(batch_size) * (room + 1)).astype(np.int64)
         per = batch_size // world_size
         doc, offset = doc[rank * per:(rank + 1) * per], offset[rank * per:(rank + 1) * per]
         pos = offset[:, None] + np.arange(self.seq_len)[None, :]  # (B, T) position inside the document
@@ -542,9 +532,9 @@ def prepare_corpus(data: str, out: str, max_bytes: int | None = None, text_field
     Memory: a digest per document and each document's first 4 KB (for the prefix rule), never the corpus."""
     os.makedirs(out, exist_ok=True)
     lengths, hashes, heads, seen = [], [], [], set()
-    bar = tqdm(desc=f"prepare {data}", unit="B", unit_scale=True, disable=not show_progress)
     digest = hashlib.sha256()
-    with open(os.path.join(out, "bytes.bin.tmp"), "wb") as f:
+    bar = tqdm(desc=f"prepare {data}", unit="B", unit_scale=True, disable=not show_progress)
+    with bar, open(os.path.join(out, "bytes.bin.tmp"), "wb") as f:
         for doc in capped_documents(iter_documents(data, text_field), max_bytes):
             key = hashlib.sha256(doc).digest()
             if key in seen:  # an exact duplicate
@@ -556,7 +546,6 @@ def prepare_corpus(data: str, out: str, max_bytes: int | None = None, text_field
             hashes.append(content_hash(doc))
             heads.append(bytes(doc[:BLOCK_BYTES]))
             bar.update(len(doc))
-    bar.close()
     if not lengths:
         raise DataError(f"{data}: holds no bytes")
     prefixes = short_prefixes(heads)
