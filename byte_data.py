@@ -1,30 +1,22 @@
-"""Byte corpora, the held-out split, and training windows.
+"""Byte corpora, the held-out split, training windows and the memory-mapped corpus store.
 
 A corpus is a list of documents, each `bytes`. Sources (`--data`):
     builtin            offline: the Python reference manual (pydoc_data.topics), then the standard
-                       library's .py files in sorted order (pydoc_data/topics.py, the manual again as
-                       string literals, left out)
+                       library's .py files in sorted order
     builtin:code       offline: the standard library's .py files with docstrings and comments removed
     builtin:prose      offline: the reference manual, then the docstrings and comments of the standard
                        library, one document per source file
     PATH               a file (one document) or a folder (every file below it, recursively, sorted); a
                        .jsonl/.json/.parquet/.arrow file is read through `datasets`, one row's `text_field`
-                       per document (rows that are lines of articles are grouped, see rows_to_documents)
+                       per document (rows that are lines of articles are grouped, see rows_to_documents),
+                       or a folder written by `python byte_data.py prepare` (read through a memory map)
     hf:NAME[:CONFIG]   a Hugging Face dataset streamed with `datasets` (needs a network), rows as above
 
 `max_bytes` keeps whole documents only: the corpus stops before the first one that does not fit, so a
 document never reaches the split cut short. Only a first document larger than max_bytes is cut, giving a
 one-document corpus.
 
-The split (DESIGN.md, "Held-out split"): empty documents, exact duplicates and documents that are a prefix
-of another are dropped, then every document whose split hash (content_hash: of its first 4 KB, so
-near-duplicates sharing a head share a side) falls in the lowest 1/10 of its range goes to validation
-whole, so its side depends neither on its position nor on max_bytes; a corpus of one document gives its
-contiguous tail instead. A document derived from a source file (builtin:code, builtin:prose) is a
-`Document` whose `split_key` is that file, so a file and everything made from it are on the same side in
-all three builtin corpora. Training reads
-fixed-length windows at random offsets inside training documents, a pure function of (seed, step), so
-resumed and distributed runs see the same data.
+The split: split_documents (DESIGN.md, "Held-out split"); training windows: ByteWindows.
 
     >>> docs = load_corpus("builtin", max_bytes=200_000)
     >>> train, val = split_documents(docs)
@@ -56,8 +48,7 @@ BLOCK_DIGEST = 16  # hex characters per block digest (64 bits): 4 bytes of recor
 LOCAL_DATASET_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 # A top-level wikitext heading, " = Title = \n", starts an article; " = = Section = = \n" does not.
 ARTICLE_HEADING = re.compile(r" = [^=](?:.*[^=])? = \n?")
-# Comments that are directives, not English: coding cookies, linters, type checkers.
-TOOL_COMMENT = re.compile(r"(-\*- )?(en)?coding[:=]|noqa|type:|pragma|fmt:")
+TOOL_COMMENT = re.compile(r"(-\*- )?(en)?coding[:=]|noqa|type:|pragma|fmt:")  # directives, not English
 
 
 class DataError(Exception):
@@ -65,10 +56,9 @@ class DataError(Exception):
 
 
 class Document(bytes):
-    """A document whose side of the split is decided by `split_key` (its source file) instead of itself.
-
-    Slicing or joining gives plain bytes: only the whole derived document carries the key.
-    """
+    """A document whose side of the split is decided by `split_key` (its source file) instead of itself,
+    so a file and everything made from it (builtin:code, builtin:prose) are on the same side in all three
+    builtin corpora. Slicing or joining gives plain bytes: only the whole derived document has the key."""
 
     def __new__(cls, data: bytes, split_key: bytes):
         doc = super().__new__(cls, data)
@@ -79,6 +69,14 @@ class Document(bytes):
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- builtin
@@ -95,22 +93,17 @@ def _files_below(root: str, suffix: str = "", skip_dirs: tuple[str, ...] = ()) -
 
 
 def stdlib_sources() -> list[str]:
-    """The standard library's .py files, sorted by path (installed packages excluded).
-
-    pydoc_data/topics.py is left out: it is the reference manual as string literals, and a training
-    document holding the manual would leak its held-out topics.
-    """
+    """The standard library's .py files, sorted by path (installed packages excluded), but for
+    pydoc_data/topics.py: the reference manual as string literals, whose held-out topics it would leak."""
     stdlib = sysconfig.get_paths()["stdlib"]
     paths = _files_below(stdlib, suffix=".py", skip_dirs=("site-packages", "dist-packages", "__pycache__"))
     return [p for p in paths if not p.endswith(os.path.join("pydoc_data", "topics.py"))]
 
 
 def manual_topics() -> Iterator[bytes]:
-    """The Python reference manual as pydoc ships it, one topic per document, sorted by name.
-
-    A topic whose text lies inside another topic is left out (it would be trained on as part of the
-    other one while held out itself); identical topics are kept once.
-    """
+    """The Python reference manual as pydoc ships it, one topic per document, sorted by name. A topic whose
+    text lies inside another is left out (it would be trained on as part of the other one while held out
+    itself); identical topics are kept once."""
     from pydoc_data.topics import topics  # a 0.8 MB module: imported only when the corpus is read
 
     texts = list(dict.fromkeys(topics[name].encode("utf-8") for name in sorted(topics)))
@@ -120,20 +113,17 @@ def manual_topics() -> Iterator[bytes]:
 
 
 def builtin_documents() -> Iterator[bytes]:
-    """Yield the offline corpus: reference-manual topics (sorted by name), then stdlib sources."""
+    """The `builtin` corpus: reference-manual topics, then stdlib sources."""
     yield from manual_topics()
-    for path in stdlib_sources():
-        with open(path, "rb") as f:
-            yield f.read()
+    yield from map(_read, stdlib_sources())
 
 
-def _read_source(path: str) -> str | None:
-    """A .py file as text (its coding cookie honoured, newlines as \\n), None if it cannot be decoded."""
-    try:
-        with tokenize.open(path) as f:
-            return f.read()
-    except (SyntaxError, UnicodeDecodeError, OSError):
-        return None
+def _parse(source: str) -> ast.Module | None:
+    with warnings.catch_warnings(action="ignore"):  # invalid escapes in old test files: not our concern
+        try:
+            return ast.parse(source)
+        except (SyntaxError, ValueError):
+            return None
 
 
 def _docstrings(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.Expr]]:
@@ -146,15 +136,6 @@ def _docstrings(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.Expr]]:
                 yield node, first
 
 
-def _parse(source: str) -> ast.Module | None:
-    with warnings.catch_warnings():  # invalid escapes in old test files: not our concern here
-        warnings.simplefilter("ignore")
-        try:
-            return ast.parse(source)
-        except (SyntaxError, ValueError):
-            return None
-
-
 def _comments(source: str) -> list[tokenize.TokenInfo] | None:
     try:
         tokens = tokenize.generate_tokens(io.StringIO(source).readline)
@@ -165,10 +146,8 @@ def _comments(source: str) -> list[tokenize.TokenInfo] | None:
 
 def strip_docstrings_and_comments(source: str) -> str | None:
     """Python source without its docstrings and comments, layout otherwise kept; None if it does not parse.
-
     A docstring that is a body's only statement becomes `pass`; lines left empty by a removal go, blank
-    lines of the original stay (at most two in a row).
-    """
+    lines of the original stay (at most two in a row)."""
     tree, comments = _parse(source), _comments(source)
     if tree is None or comments is None:
         return None
@@ -199,36 +178,37 @@ def strip_docstrings_and_comments(source: str) -> str | None:
 
 def docstrings_and_comments(source: str) -> str:
     """The English of a Python source: its docstrings (cleaned of indentation) and comment blocks, in order.
-
-    Shebang, coding and tool lines (`noqa`, `type:`, `pragma`) and comments without words are left out.
-    """
+    Shebang, coding and tool lines (`noqa`, `type:`, `pragma`) and comments without words are left out."""
     tree, comments = _parse(source), _comments(source)
     pieces = []  # (line, text)
     for _, stmt in _docstrings(tree) if tree is not None else ():
         text = inspect.cleandoc(stmt.value.value)
         if re.search(r"[A-Za-z]{2}", text):
             pieces.append((stmt.lineno, text))
-    block, last_row = [], -2
+    blocks, last_row = [], -2  # [line, text] of each run of comments on consecutive lines
     for tok in comments or ():
         text = tok.string.lstrip("#").strip()
         skip = tok.string.startswith("#!") or TOOL_COMMENT.match(text)
         if skip or not re.search(r"[A-Za-z]{2}", text):
             continue
-        if tok.start[0] != last_row + 1 and block:
-            pieces.append(block[0])
-            block = []
-        block = [(block[0][0], block[0][1] + "\n" + text)] if block else [(tok.start[0], text)]
+        if tok.start[0] == last_row + 1 and blocks:
+            blocks[-1][1] += "\n" + text
+        else:
+            blocks.append([tok.start[0], text])
         last_row = tok.start[0]
-    pieces += block
-    return "\n\n".join(text for _, text in sorted(pieces, key=lambda p: p[0]))
+    return "\n\n".join(text for _, text in sorted(pieces + blocks, key=lambda p: p[0]))
 
 
 def _stdlib_texts(transform) -> Iterator[Document]:
-    """transform(source) of every stdlib .py file, split by the file's bytes (on the side the file has in
-    `builtin`)."""
+    """transform(source) of every stdlib .py file (decoded as its coding cookie says; undecodable files
+    left out), split by the file's bytes (on the side the file has in `builtin`)."""
     for path in stdlib_sources():
-        source = _read_source(path)
-        text = transform(source) if source is not None else None
+        try:
+            with tokenize.open(path) as f:
+                source = f.read()
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        text = transform(source)
         if text and text.strip():
             yield Document(text.encode("utf-8"), split_key=_read(path))
 
@@ -248,16 +228,13 @@ BUILTIN_CORPORA = {"builtin": builtin_documents, "builtin:code": builtin_code_do
                    "builtin:prose": builtin_prose_documents}
 
 
-# --------------------------------------------------------------------------------------------------- datasets
+# ---------------------------------------------------------------------------------------------------- loading
 
 
 def group_articles(rows: Iterable[str]) -> Iterator[str]:
-    """Join the line rows of a line dataset (wikitext) into articles.
-
-    A row " = Title = " starts a new article; every other row, empty ones included, belongs to the current
-    one (rows before the first heading form a document of their own). Each row is one line of the article:
-    a row without a final newline gets one, so wikitext's empty rows come back as its blank lines.
-    """
+    """Join the line rows of a line dataset (wikitext) into articles: a row " = Title = " starts one, any
+    other row (empty ones too) is a line of the current one (rows before the first heading form their own).
+    A row without a final newline gets one, so wikitext's empty rows come back as its blank lines."""
     article: list[str] = []
     for row in rows:
         if ARTICLE_HEADING.fullmatch(row) and article:
@@ -269,12 +246,9 @@ def group_articles(rows: Iterable[str]) -> Iterator[str]:
 
 
 def rows_to_documents(rows: Iterable[str], probe: int = 100) -> Iterator[bytes]:
-    """Documents (UTF-8) from the text rows of a dataset, in order; whitespace-only ones are dropped.
-
-    Rows are documents themselves, unless one of the first `probe` rows is a wikitext article heading:
-    then the rows are lines and are grouped into articles (group_articles), so that a held-out document
-    is a whole article and never a line of a training one.
-    """
+    """Documents (UTF-8) from the text rows of a dataset, in order, whitespace-only ones dropped. Rows are
+    documents, unless one of the first `probe` rows is a wikitext article heading: then they are lines,
+    grouped into articles, so that a held-out document is a whole article, never a line of a training one."""
     rows = iter(rows)
     head = list(itertools.islice(rows, probe))
     rows = itertools.chain(head, rows)
@@ -304,41 +278,20 @@ def _dataset_rows(where: str, text_field: str | None, hint: str, *args, **kwargs
         raise DataError(f"{where}: cannot read it ({_first_line(e)}){hint}") from None
 
 
-def hf_documents(spec: str, text_field: str | None = None) -> Iterator[bytes]:
-    """Documents of a streamed Hugging Face dataset `NAME[:CONFIG]` (train split), see rows_to_documents."""
-    name, _, config = spec.partition(":")
-    hint = "; it needs a network connection to the Hugging Face hub, or use a local file/folder"
-    yield from rows_to_documents(_dataset_rows(f"hf:{spec}", text_field, hint, name, config or None))
-
-
-def local_dataset_documents(path: str, text_field: str | None = None) -> Iterator[bytes]:
-    """Documents of a local .jsonl/.json/.parquet/.arrow file read through `datasets`."""
-    builder = LOCAL_DATASET_FORMATS[os.path.splitext(path)[1].lower()]
-    yield from rows_to_documents(_dataset_rows(path, text_field, "", builder, data_files=path))
-
-
-# ---------------------------------------------------------------------------------------------------- loading
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror or _first_line(e)})") from None
-
-
 def iter_documents(data: str = "builtin", text_field: str | None = None) -> Iterator[bytes]:
     """The documents of `data` (module docstring), in a fixed order, streamed; DataError if unreadable."""
     if data in BUILTIN_CORPORA:
         return BUILTIN_CORPORA[data]()
     if data.startswith("builtin:"):
         raise DataError(f"{data}: no such builtin corpus (choose from {', '.join(BUILTIN_CORPORA)})")
-    if data.startswith("hf:"):
-        return hf_documents(data[3:], text_field)
+    if data.startswith("hf:"):  # a streamed Hugging Face dataset NAME[:CONFIG], its train split
+        name, _, config = data[3:].partition(":")
+        hint = "; it needs a network connection to the Hugging Face hub, or use a local file/folder"
+        return rows_to_documents(_dataset_rows(data, text_field, hint, name, config or None))
     if os.path.isfile(data):
-        if os.path.splitext(data)[1].lower() in LOCAL_DATASET_FORMATS:
-            return local_dataset_documents(data, text_field)
+        builder = LOCAL_DATASET_FORMATS.get(os.path.splitext(data)[1].lower())
+        if builder:
+            return rows_to_documents(_dataset_rows(data, text_field, "", builder, data_files=data))
         return iter([_read(data)])
     if os.path.isdir(data):
         paths = _files_below(data)
@@ -350,31 +303,23 @@ def iter_documents(data: str = "builtin", text_field: str | None = None) -> Iter
 
 
 def capped_documents(source: Iterable[bytes], max_bytes: int | None) -> Iterator[bytes]:
-    """Non-empty documents of `source` totalling at most max_bytes: whole ones up to the first that does
-    not fit; a first document larger than max_bytes is cut to it (a one-document corpus)."""
-    total, first = 0, True
+    """Non-empty documents of `source` totalling at most max_bytes (module docstring)."""
+    total = 0
     for doc in source:
         if not doc:
             continue
         if max_bytes is not None and total + len(doc) > max_bytes:
-            if first and max_bytes > 0:
-                yield doc[:max_bytes]  # a one-document corpus: its tail is held out
+            if total == 0 and max_bytes > 0:  # the first document: a one-document corpus, its tail held out
+                yield doc[:max_bytes]
             return
         yield doc
         total += len(doc)
-        first = False
 
 
 def load_corpus(data: str = "builtin", max_bytes: int | None = None,
                 text_field: str | None = None) -> list[bytes]:
-    """The documents of `data`, in a fixed order, totalling at most max_bytes.
-
-    Whole documents only, up to the first that does not fit; a first document larger than max_bytes is
-    cut to it (a one-document corpus, split into head and tail). `text_field` names the text column of a
-    dataset (hf: or a local .jsonl/.json/.parquet/.arrow file); "text" when None. A folder written by
-    `python byte_data.py prepare` gives a MappedCorpus instead (whole documents up to max_bytes, read
-    through a memory map).
-    """
+    """The documents of `data`, in a fixed order, totalling at most max_bytes (module docstring); a prepared
+    folder gives a MappedCorpus. `text_field` names the text column of a dataset, "text" when None."""
     if is_prepared(data):
         return MappedCorpus(data).capped(max_bytes)
     docs = list(capped_documents(iter_documents(data, text_field), max_bytes))
@@ -430,13 +375,9 @@ def tail_cut(n: int, val_every: int = VAL_EVERY) -> int:
 
 
 def split_documents(docs: list[bytes], val_every: int = VAL_EVERY) -> tuple[list[bytes], list[bytes]]:
-    """(train, val): whole documents, in corpus order, after distinct_documents.
-
-    A document is held out when its content_hash lies in the lowest 1/val_every of the range, so its side
-    does not depend on where it sits or on which other documents are loaded. A corpus whose hashes hold
-    none out gives its lowest-hash document; one that would hold all out trains on its highest. A single
-    document is split into its head (train) and contiguous tail (val, 1/val_every of it).
-    """
+    """(train, val): whole documents, in corpus order, after distinct_documents, held out by their
+    content_hash (held_out_mask), so a side depends neither on where a document sits nor on which others
+    are loaded. A single document is split into its head (train) and contiguous tail (val, 1/val_every)."""
     if isinstance(docs, MappedCorpus):  # split when it was prepared, by this rule
         return docs.split()
     docs = distinct_documents(docs)
@@ -456,8 +397,7 @@ class ByteWindows:
     Documents are `bytes` (ids 0..255) or 1-D integer arrays (token ids, e.g. a BPE baseline's), and
     lengths and offsets count those ids. batch(step) gives the rows of the global batch that belong to
     `rank`: every rank draws the same global batch from (seed, step) and keeps its contiguous slice, so
-    N processes with batch B/N each train on exactly what one process with batch B would.
-    """
+    N processes with batch B/N each train on exactly what one process with batch B would."""
 
     def __init__(self, docs: list[bytes] | list[np.ndarray], seq_len: int, seed: int = 0):
         if not docs:
@@ -465,31 +405,25 @@ class ByteWindows:
         self.seq_len, self.seed = seq_len, seed
         if isinstance(docs, MappedCorpus):  # windows straight from the memory map: nothing is copied
             self.lengths, self.starts, self.buffer = docs.lengths, docs.starts, docs.buffer
-            self.prob = self.lengths / self.lengths.sum()
-            return
-        self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        if all(isinstance(d, (bytes, bytearray)) for d in docs):
-            self.buffer = np.frombuffer(b"".join(docs), dtype=np.uint8)
         else:
-            self.buffer = np.concatenate([np.asarray(d).ravel() for d in docs])
+            self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
+            self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+            if all(isinstance(d, (bytes, bytearray)) for d in docs):
+                self.buffer = np.frombuffer(b"".join(docs), dtype=np.uint8)
+            else:
+                self.buffer = np.concatenate([np.asarray(d).ravel() for d in docs])
             if not np.issubdtype(self.buffer.dtype, np.integer):
                 raise DataError(f"training documents must be bytes or integer ids, not {self.buffer.dtype}")
         self.prob = self.lengths / self.lengths.sum()  # documents drawn in proportion to their length
-
-    def sample(self, step: int, batch_size: int):
-        """(doc index, offset) of every row of the global batch at `step`."""
-        rng = np.random.default_rng((self.seed, step))
-        doc = rng.choice(len(self.lengths), size=batch_size, p=self.prob)
-        room = np.maximum(self.lengths[doc] - self.seq_len, 0)
-        offset = (rng.random(batch_size) * (room + 1)).astype(np.int64)
-        return doc, offset
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """x (B/world, T) ids, y (B/world, T) targets (= x, with -100 on padding past a short document)."""
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} processes")
-        doc, offset = self.sample(step, batch_size)
+        rng = np.random.default_rng((self.seed, step))  # the global batch: a document and offset per row
+        doc = rng.choice(len(self.lengths), size=batch_size, p=self.prob)
+        room = np.maximum(self.lengths[doc] - self.seq_len, 0)
+        offset = (rng.random(batch_size) * (room + 1)).astype(np.int64)
         per = batch_size // world_size
         doc, offset = doc[rank * per:(rank + 1) * per], offset[rank * per:(rank + 1) * per]
         pos = offset[:, None] + np.arange(self.seq_len)[None, :]  # (B, T) position inside the document
@@ -503,21 +437,19 @@ class ByteWindows:
 # --------------------------------------------------------------------------------------------- held-out check
 
 
-def _digest(doc: bytes) -> str:
-    return hashlib.sha256(doc).hexdigest()[:16]
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:BLOCK_DIGEST]
 
 
 def block_digests(doc: bytes, start: int = 0) -> list[str]:
-    """Hex digests (64 bits) of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of
-    the block size, from the document's first byte) that end after `start`: the block straddling `start`
-    counts."""
+    """Digests of the document's full BLOCK_BYTES blocks at aligned offsets (multiples of the block size,
+    from the document's first byte) that end after `start`: the block straddling `start` counts."""
     first = start // BLOCK_BYTES * BLOCK_BYTES
-    return [hashlib.sha256(doc[o:o + BLOCK_BYTES]).hexdigest()[:BLOCK_DIGEST]
-            for o in range(first, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES)]
+    return [_digest(doc[o:o + BLOCK_BYTES]) for o in range(first, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES)]
 
 
 def prefix_digests(doc: bytes) -> list[str]:
-    """Hex digests (64 bits) of doc[:k * BLOCK_BYTES] for k = 1, 2, ...: the document's prefix chain."""
+    """Digests of doc[:k * BLOCK_BYTES] for k = 1, 2, ...: the document's prefix chain."""
     h, out = hashlib.sha256(), []
     for o in range(0, len(doc) - BLOCK_BYTES + 1, BLOCK_BYTES):
         h.update(doc[o:o + BLOCK_BYTES])
@@ -526,19 +458,10 @@ def prefix_digests(doc: bytes) -> list[str]:
 
 
 def document_digests(docs: list[bytes]) -> list[list]:
-    """[sha256 prefix, length, block digests, prefix digests] of each document: a compact record of what a
-    model trained on.
-
-    The block digests (one string, 16 hex characters per aligned 4 KB block; a string, not bytes, so that
-    torch.load(weights_only=True) reads it) and the prefix chain (16 hex characters per 4 KB boundary) let
-    held_out_seen notice a model that trained on another cut of the same document, whose copy has another
-    whole-document digest. 8 bytes of record per KB trained on.
-    """
+    """[digest, length, block digests, prefix digests] of each document: a record of what a model trained
+    on, 8 bytes per KB. The digests are joined into strings (not bytes, so torch.load(weights_only=True)
+    reads them); they let held_out_seen notice a model that trained on another cut of the same document."""
     return [[_digest(d), len(d), "".join(block_digests(d)), "".join(prefix_digests(d))] for d in docs]
-
-
-def _unpack(packed: str) -> list[str]:
-    return [packed[o:o + BLOCK_DIGEST] for o in range(0, len(packed), BLOCK_DIGEST)]
 
 
 def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[bytes]) -> int:
@@ -551,10 +474,10 @@ def held_out_seen(trained_on: list[list], docs: list[bytes], val_docs: list[byte
     on a document longer than the cut that shares the document's prefix up to the last 4 KB boundary
     within both (another cut of it, longer or shorter). Records are [digest, length] (old), + block
     digests, + prefix digests; each check runs where its part of the record is there. An overlap that
-    holds no whole aligned block, with no shared 4 KB boundary, can go unnoticed (documents under 4 KB).
-    """
+    holds no whole aligned block, with no shared 4 KB boundary, can go unnoticed (documents under 4 KB)."""
     whole = {entry[0] for entry in trained_on}
-    blocks = {b for e in trained_on if len(e) > 2 for b in _unpack(e[2])}
+    blocks = {e[2][o:o + BLOCK_DIGEST] for e in trained_on if len(e) > 2
+              for o in range(0, len(e[2]), BLOCK_DIGEST)}
     docs = distinct_documents(docs)  # as split_documents sees them
     one_doc = len(docs) == 1 and bool(val_docs)
     cut = len(docs[0]) - len(val_docs[0]) if one_doc else 0
@@ -606,13 +529,12 @@ def prepare_corpus(data: str, out: str, max_bytes: int | None = None, text_field
     (uint8 per document: TRAIN, VAL or DROPPED) and corpus.json. The split is split_documents' rule:
     empty documents and exact duplicates are never written, short prefixes of another are DROPPED, sides
     come from content_hash, and a one-document corpus is stored as its head (TRAIN) and tail (VAL).
-    Memory: a digest per document and each document's first 4 KB (for the prefix rule), never the corpus.
-    """
+    Memory: a digest per document and each document's first 4 KB (for the prefix rule), never the corpus."""
     os.makedirs(out, exist_ok=True)
     lengths, hashes, heads, seen = [], [], [], set()
-    bar = tqdm(desc=f"prepare {data}", unit="B", unit_scale=True, disable=not show_progress)
     digest = hashlib.sha256()
-    with open(os.path.join(out, "bytes.bin.tmp"), "wb") as f:
+    bar = tqdm(desc=f"prepare {data}", unit="B", unit_scale=True, disable=not show_progress)
+    with bar, open(os.path.join(out, "bytes.bin.tmp"), "wb") as f:
         for doc in capped_documents(iter_documents(data, text_field), max_bytes):
             key = hashlib.sha256(doc).digest()
             if key in seen:  # an exact duplicate
@@ -624,7 +546,6 @@ def prepare_corpus(data: str, out: str, max_bytes: int | None = None, text_field
             hashes.append(content_hash(doc))
             heads.append(bytes(doc[:BLOCK_BYTES]))
             bar.update(len(doc))
-    bar.close()
     if not lengths:
         raise DataError(f"{data}: holds no bytes")
     prefixes = short_prefixes(heads)
@@ -658,10 +579,9 @@ class MappedCorpus(Sequence):
     """Documents of a prepared folder, read through a memory map: the corpus is never loaded whole.
 
     corpus[i] is document i as bytes (a copy of that document only); `buffer`, `starts` and `lengths` let
-    ByteWindows read windows straight from the map. A view (split(), capped()) is a subset of documents.
-    """
+    ByteWindows read windows straight from the map. A view (split(), capped()) is a subset of documents."""
 
-    def __init__(self, folder: str, index: np.ndarray | None = None):
+    def __init__(self, folder: str):
         try:
             with open(os.path.join(folder, "corpus.json")) as f:
                 self.info = json.load(f)
@@ -674,17 +594,18 @@ class MappedCorpus(Sequence):
             raise DataError(f"{folder}: not a complete prepared corpus of this version; prepare it again")
         self.folder, self.offsets = folder, offsets
         self.buffer = np.memmap(os.path.join(folder, "bytes.bin"), dtype=np.uint8, mode="r")
-        self.index = np.flatnonzero(self.side != DROPPED) if index is None else np.asarray(index, np.int64)
-        self.starts = offsets[self.index]
-        self.lengths = offsets[self.index + 1] - self.starts
+        self._select(np.flatnonzero(self.side != DROPPED))
+
+    def _select(self, index) -> MappedCorpus:
+        self.index = np.asarray(index, dtype=np.int64)
+        self.starts = self.offsets[self.index]
+        self.lengths = self.offsets[self.index + 1] - self.starts
+        return self
 
     def view(self, index) -> MappedCorpus:
         out = MappedCorpus.__new__(MappedCorpus)
         out.__dict__.update(self.__dict__)
-        out.index = np.asarray(index, dtype=np.int64)
-        out.starts = self.offsets[out.index]
-        out.lengths = self.offsets[out.index + 1] - out.starts
-        return out
+        return out._select(index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -701,9 +622,8 @@ class MappedCorpus(Sequence):
         return self.view(self.index[side == TRAIN]), self.view(self.index[side == VAL])
 
     def capped(self, max_bytes: int | None) -> MappedCorpus:
-        """Whole documents up to max_bytes (at least one): each keeps its side, as load_corpus's cap does.
-
-        A one-document corpus is kept whole (its stored cut is the split)."""
+        """Whole documents up to max_bytes (at least one): each keeps its side, as load_corpus's cap does. A
+        one-document corpus is kept whole (its stored cut is the split)."""
         if max_bytes is None or self.info.get("one_document"):
             return self
         keep = max(1, int(np.searchsorted(np.cumsum(self.lengths), max_bytes, side="right")))
@@ -721,13 +641,10 @@ class MappedCorpus(Sequence):
         return int(self.lengths.sum())
 
 
-# Entropies precomputed for a prepared corpus (entropy_llm.py --precompute): float16, one per byte, in a file
-# laid out as bytes.bin (the same offsets), keyed by the entropy model's fingerprint; its .json is written
-# last, when every chunk is in.
-
-
 def entropy_file(folder: str, fingerprint: str) -> str:
-    """Where a prepared corpus keeps the entropies of the model with this fingerprint (model_fingerprint)."""
+    """Where a prepared corpus keeps the entropies (entropy_llm.py --precompute) of the model with this
+    fingerprint (model_fingerprint): float16, one per byte, laid out as bytes.bin (the same offsets); its
+    .json is written last, when every chunk is in."""
     return os.path.join(folder, f"entropies-{fingerprint[:16]}.f16")
 
 
@@ -767,34 +684,28 @@ def corpus_summary(docs: list[bytes]) -> str:
 
 
 def main(argv=None) -> int:
-    """`python byte_data.py prepare --data D --out DIR`, or `python byte_data.py [DATA [MAX_BYTES]]`: the
-    split's summary."""
+    """`python byte_data.py [DATA [MAX_BYTES]]`: the split's summary; `... prepare --data D --out DIR`."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["prepare"]:
-        p = argparse.ArgumentParser(prog="byte_data.py prepare",
-                                    description="Write a corpus once for memory-mapped reading (any --data "
-                                                "then takes the folder).")
-        p.add_argument("--data", default="builtin", help="what to prepare (a --data value)")
-        p.add_argument("--out", required=True, help="the folder to write")
-        p.add_argument("--max_bytes", type=int, default=None, help="cap in bytes (default: everything)")
-        p.add_argument("--text_field", default=None, help="the text column of a dataset (default: text)")
-        args = p.parse_args(argv[1:])
-        try:
-            info = prepare_corpus(args.data, args.out, args.max_bytes, args.text_field)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"{args.out}: {info['documents']} documents, {info['num_bytes']:,} bytes "
-              f"(train {info['train_bytes']:,}, val {info['val_bytes']:,})")
-        return 0
-    spec = argv[0] if argv else "builtin"
     try:
-        docs = load_corpus(spec, max_bytes=int(argv[1]) if len(argv) > 1 else None)
+        if argv[:1] == ["prepare"]:
+            p = argparse.ArgumentParser(prog="byte_data.py prepare", description="Write a corpus once for "
+                                        "memory-mapped reading (any --data then takes the folder).")
+            p.add_argument("--data", default="builtin", help="what to prepare (a --data value)")
+            p.add_argument("--out", required=True, help="the folder to write")
+            p.add_argument("--max_bytes", type=int, default=None, help="cap in bytes (default: everything)")
+            p.add_argument("--text_field", default=None, help="the text column of a dataset (default: text)")
+            args = p.parse_args(argv[1:])
+            info = prepare_corpus(args.data, args.out, args.max_bytes, args.text_field)
+            print(f"{args.out}: {info['documents']} documents, {info['num_bytes']:,} bytes "
+                  f"(train {info['train_bytes']:,}, val {info['val_bytes']:,})")
+        else:
+            spec = argv[0] if argv else "builtin"
+            docs = load_corpus(spec, max_bytes=int(argv[1]) if len(argv) > 1 else None)
+            train, val = split_documents(docs)
+            print(f"{spec}: {corpus_summary(docs)}; train {corpus_summary(train)}; val {corpus_summary(val)}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    train, val = split_documents(docs)
-    print(f"{spec}: {corpus_summary(docs)}; train {corpus_summary(train)}; val {corpus_summary(val)}")
     return 0
 
 
