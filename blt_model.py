@@ -146,8 +146,7 @@ def ngram_hash_ids(idx: torch.Tensor, n: int, table_size: int) -> torch.Tensor:
     B, T = idx.shape
     if T == 0:
         return idx.new_zeros(B, 0, dtype=torch.long)
-    pad = idx.new_full((B, n - 1), HASH_PAD)
-    win = torch.cat([pad, idx.long()], dim=1).unfold(1, n, 1)  # (B, T, n): win[:, t] = bytes t-n+1..t
+    win = F.pad(idx.long(), (n - 1, 0), value=HASH_PAD).unfold(1, n, 1)  # (B, T, n): bytes t-n+1..t at t
     powers = torch.tensor([pow(HASH_BASE, n - 1 - j, HASH_MOD) for j in range(n)], device=idx.device)
     return (win * powers).sum(-1) % HASH_MOD % table_size  # (B, T)
 
@@ -273,12 +272,9 @@ class CrossAttention(nn.Module):
 
 
 class LocalEncoder(nn.Module):
-    """Bytes -> byte states (windowed causal self-attention) and patch states (pool + cross-attention).
-
-    Patch queries start as the max over the patch's byte states, projected to K queries of width C, and are
-    refined by one cross-attention in which a patch's queries see only that patch's bytes. A patch's K
-    outputs, concatenated, are its (B, P, K*C) representation for the global transformer.
-    """
+    """Bytes -> byte states (windowed causal self-attention) and patch states: a patch's K queries start as
+    the max over its byte states, projected to K x C, and are refined by one cross-attention that sees only
+    that patch's bytes; the K outputs, concatenated, are its (B, P, K*C) input to the global transformer."""
 
     def __init__(self, config: BLTConfig):
         super().__init__()
@@ -348,11 +344,9 @@ class GlobalTransformer(nn.Module):
 
 class LocalDecoder(nn.Module):
     """Encoder byte states (shifted right by one) + global outputs of earlier patches -> next-byte logits.
-
-    Every layer is a cross-attention from bytes to patch keys followed by a windowed causal Block. The keys
-    are the global outputs, each projected to K keys of width C, behind K keys made from a learned start
-    vector ("patch -1"), so a byte of patch j reads the start and patches 0..j-1 and no row is ever empty.
-    """
+    Each layer: a cross-attention from bytes to patch keys (each global output projected to K keys, behind
+    K keys of a learned start vector, "patch -1": a byte of patch j reads the start and patches 0..j-1, so
+    no row is empty), then a windowed causal Block."""
 
     def __init__(self, config: BLTConfig):
         super().__init__()
@@ -491,13 +485,12 @@ class BLTModel(CarriesConfig, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            if not use_cache:
-                return self._generate_uncached(prompt, max_new_bytes, patcher, temperature, top_k, gen)
+            state = self.prefill(prompt, patcher.stream(), max_new_bytes) if use_cache else None
             out = bytearray()
-            state = self.prefill(prompt, patcher.stream(), max_new_bytes)
             for i in range(max_new_bytes):
-                out.append(sample(state.logits, temperature, top_k, gen))
-                if i + 1 < max_new_bytes:
+                logits = state.logits if use_cache else self._uncached_logits(prompt + out, patcher)
+                out.append(sample(logits, temperature, top_k, gen))
+                if use_cache and i + 1 < max_new_bytes:
                     self.decode_one(state, out[-1])
             return bytes(out)
         finally:
@@ -506,16 +499,12 @@ class BLTModel(CarriesConfig, nn.Module):
     def _device(self):
         return self.decoder.head.weight.device
 
-    def _generate_uncached(self, prompt: bytes, n_new: int, patcher, temperature, top_k, gen) -> bytes:
-        """No caches: patch starts (a fresh stream) and the whole model recomputed for every new byte."""
-        seq, dev = bytearray(prompt), self._device()
-        for _ in range(n_new):
-            probe = bytes(seq) + b"\0"  # the byte being predicted is unknown; nothing reads it (causal)
-            starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
-            lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
-            logits, _ = self(torch.tensor([list(probe)], device=dev), lengths)  # (1, T, V)
-            seq.append(sample(logits[0, -1], temperature, top_k, gen))
-        return bytes(seq[len(prompt):])
+    def _uncached_logits(self, seq: bytes, patcher):
+        """(V,) prediction of the byte after `seq` with no caches: a fresh stream and the whole model."""
+        dev, probe = self._device(), seq + b"\0"  # the byte being predicted is unknown; nothing reads it
+        starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
+        lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
+        return self(torch.tensor([list(probe)], device=dev), lengths)[0][0, -1]  # (V,)
 
     def prefill(self, prompt: bytes, stream, max_new_bytes: int = 0) -> GenerationState:
         """Run the prompt through every stack with fresh caches; state.logits predicts the byte after it.
@@ -615,12 +604,9 @@ def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> in
 def flops_breakdown(config: BLTConfig, mean_patch_size: float,
                     seq_len: int | None = None) -> dict[str, float]:
     """Forward FLOPs per byte by part (DESIGN.md, "FLOPs"): matmuls and attention, 2 FLOPs per multiply-add.
-
-    Local blocks see a windowed causal context of bytes; the global transformer runs once per patch, so its
-    cost (and every other per-patch cost) is divided by the mean patch size. Attention is counted over the
-    keys a query may see, not the masked dense product the implementation computes. Embedding and hash
-    lookups and the max-pool are free.
-    """
+    Local blocks see a windowed causal context of bytes; per-patch costs (the global transformer's among
+    them) are divided by the mean patch size. Attention counts the keys a query may see, not the masked
+    dense product computed; embedding and hash lookups and the max-pool are free."""
     T = seq_len or config.max_seq_len
     ps = float(mean_patch_size)
     if ps < 1:
