@@ -68,28 +68,22 @@ DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-att
 
 @dataclass
 class BLTConfig:
-    # local encoder (bytes -> patches)
     encoder_layers: int = 1  # byte-level transformer blocks before pooling
     encoder_dim: int = 128  # encoder width C
     encoder_heads: int = 4  # attention heads of the encoder (and of its patch cross-attention)
-    # global latent transformer (patches -> patches)
     global_layers: int = 3  # patch-level transformer blocks: most of the compute per patch
     global_dim: int = 256  # global width D
     global_heads: int = 4  # attention heads of the global transformer
-    # local decoder (patches -> bytes)
     decoder_layers: int = 2  # byte-level blocks, each preceded by cross-attention to the patches
     decoder_dim: int = 128  # decoder width C
     decoder_heads: int = 4  # attention heads of the decoder (and of its cross-attentions)
-    # byte embeddings
     ngram_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # hashed n-grams ending at each byte (one table per n)
     hash_table_size: int = 8192  # rows per n-gram table (hash values are taken modulo this)
-    # byte <-> patch interface
     cross_attn_k: int = 2  # queries per patch in the encoder, keys per patch in the decoder (BLT's k)
     local_window: int = 128  # bytes a local self-attention query sees (itself and window-1 before it)
     max_seq_len: int = 1024  # bytes per training row; sizes the rotary tables and the FLOP count
 
-    # fields of version-1 checkpoints that moved to the patcher (its PatchConfig rides in the checkpoint
-    # metadata): dropped silently when an old config dict is loaded
+    # version-1 checkpoint fields, now in the patcher's PatchConfig (checkpoint metadata): dropped on load
     retired_fields: ClassVar[tuple[str, ...]] = ("patching", "patch_size", "min_patch_size", "max_patch_size")
 
     def __post_init__(self):
@@ -470,8 +464,7 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("max_new_bytes must be non-negative")
         if temperature < 0:
             raise ValueError("temperature must be non-negative")
-        if isinstance(prompt, (list, tuple)):  # several prompts: a list of outputs, one per prompt
-            # one after another, each with its own stream and caches; prompt i samples with seed + i
+        if isinstance(prompt, (list, tuple)):  # one after another, own stream and caches; prompt i: seed + i
             return [self.generate(p, max_new_bytes, patcher, temperature, top_k, use_cache,
                                   None if seed is None else seed + i) for i, p in enumerate(prompt)]
         if isinstance(prompt, str):
@@ -515,16 +508,15 @@ class BLTModel(CarriesConfig, nn.Module):
         enc, dec, n, K = self.encoder, self.decoder, len(prompt), cfg.cross_attn_k
         cap = n + max_new_bytes + 1
 
-        def caches(layers, heads, dim, length):
+        def caches(stack: str, length: int):  # one KVCache per layer of the encoder, global or decoder stack
+            layers, heads, dim = (getattr(cfg, f"{stack}_{f}") for f in ("layers", "heads", "dim"))
             return [KVCache(1, heads, dim // heads, length, dev, dt) for _ in range(layers)]
 
         state = GenerationState(
             stream=stream, seq=bytearray(prompt), patch_start=0,
             h=torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt),
-            enc_caches=caches(cfg.encoder_layers, cfg.encoder_heads, cfg.encoder_dim, cap),
-            global_caches=caches(cfg.global_layers, cfg.global_heads, cfg.global_dim, cap),
-            dec_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cap),
-            cross_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, K * (cap + 1)),
+            enc_caches=caches("encoder", cap), global_caches=caches("global", cap),
+            dec_caches=caches("decoder", cap), cross_caches=caches("decoder", K * (cap + 1)),
             cross_kv=[], logits=None)
         self._add_patch_keys(state, dec.start_keys(1))
         starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
