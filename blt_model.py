@@ -7,8 +7,6 @@ patches, a light local decoder turns patch states back into next-byte prediction
     logits, loss = model(idx, patch_lengths, targets=idx)  # logits[:, t] predicts idx[:, t] from idx[:, :t]
     new = model.generate(b"The ", 100, patcher=entropy_patcher, temperature=0)
 
-No training loop here (train_blt.py has it).
-
 Alignment (DESIGN.md, "BLT alignment"), a worked example with 8 bytes and patch_lengths [2, 3, 3]:
 
     position t           0     1     2     3     4     5     6     7
@@ -68,34 +66,24 @@ HASH_PAD = 256
 DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-attention key range
 
 
-# ----------------------------------------------------------------------------------------------------
-# Config
-
-
 @dataclass
 class BLTConfig:
-    # local encoder (bytes -> patches)
     encoder_layers: int = 1  # byte-level transformer blocks before pooling
     encoder_dim: int = 128  # encoder width C
     encoder_heads: int = 4  # attention heads of the encoder (and of its patch cross-attention)
-    # global latent transformer (patches -> patches)
     global_layers: int = 3  # patch-level transformer blocks: most of the compute per patch
     global_dim: int = 256  # global width D
     global_heads: int = 4  # attention heads of the global transformer
-    # local decoder (patches -> bytes)
     decoder_layers: int = 2  # byte-level blocks, each preceded by cross-attention to the patches
     decoder_dim: int = 128  # decoder width C
     decoder_heads: int = 4  # attention heads of the decoder (and of its cross-attentions)
-    # byte embeddings
     ngram_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # hashed n-grams ending at each byte (one table per n)
     hash_table_size: int = 8192  # rows per n-gram table (hash values are taken modulo this)
-    # byte <-> patch interface
     cross_attn_k: int = 2  # queries per patch in the encoder, keys per patch in the decoder (BLT's k)
     local_window: int = 128  # bytes a local self-attention query sees (itself and window-1 before it)
     max_seq_len: int = 1024  # bytes per training row; sizes the rotary tables and the FLOP count
 
-    # fields of version-1 checkpoints that moved to the patcher (its PatchConfig rides in the checkpoint
-    # metadata): dropped silently when an old config dict is loaded
+    # version-1 checkpoint fields, now in the patcher's PatchConfig (checkpoint metadata): dropped on load
     retired_fields: ClassVar[tuple[str, ...]] = ("patching", "patch_size", "min_patch_size", "max_patch_size")
 
     def __post_init__(self):
@@ -125,9 +113,8 @@ class BLTConfig:
         return config_from_dict(cls, {k: v for k, v in d.items() if k not in cls.retired_fields})
 
 
-# Named sizes. "cpu" is the default; the larger ones are for GPUs. "paper-8b-ish" is the seed README's
-# 1 x 768 / 24 x 4096 / 6 x 768 (the BLT paper's 8B model has a global width of 4096 and hash tables of
-# 500k rows per n).
+# Named sizes: "cpu" is the default, the larger ones are for GPUs. "paper-8b-ish" is the seed README's
+# 1 x 768 / 24 x 4096 / 6 x 768 (the BLT paper's 8B: global width 4096, hash tables of 500k rows per n).
 BLT_PRESETS = {
     "tiny": dict(encoder_dim=32, encoder_heads=2, global_layers=1, global_dim=64, global_heads=2,
                  decoder_layers=1, decoder_dim=32, decoder_heads=2, ngram_sizes=(3, 4), hash_table_size=64,
@@ -148,17 +135,12 @@ BLT_PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------
-# Byte <-> patch bookkeeping (pure functions, vectorised)
-
-
 def ngram_hash_ids(idx: torch.Tensor, n: int, table_size: int) -> torch.Tensor:
     """(B, T) bytes -> (B, T) rows of the n-gram table: the hash of bytes t-n+1..t (HASH_PAD before 0)."""
     B, T = idx.shape
     if T == 0:
         return idx.new_zeros(B, 0, dtype=torch.long)
-    pad = idx.new_full((B, n - 1), HASH_PAD)
-    win = torch.cat([pad, idx.long()], dim=1).unfold(1, n, 1)  # (B, T, n): win[:, t] = bytes t-n+1..t
+    win = F.pad(idx.long(), (n - 1, 0), value=HASH_PAD).unfold(1, n, 1)  # (B, T, n): bytes t-n+1..t at t
     powers = torch.tensor([pow(HASH_BASE, n - 1 - j, HASH_MOD) for j in range(n)], device=idx.device)
     return (win * powers).sum(-1) % HASH_MOD % table_size  # (B, T)
 
@@ -188,8 +170,8 @@ def check_patch_lengths(idx: torch.Tensor, patch_lengths: torch.Tensor):
                          f"got {tuple(patch_lengths.shape)}")
     if patch_lengths.numel() and bool((patch_lengths < 0).any()):
         raise ValueError("patch_lengths must be non-negative")
-    if patch_lengths.numel() and int(patch_lengths.sum(1).max()) > idx.size(1):
-        covered = int(patch_lengths.sum(1).max())
+    covered = int(patch_lengths.sum(1).max()) if patch_lengths.numel() else 0
+    if covered > idx.size(1):
         raise ValueError(f"patch_lengths cover {covered} bytes but rows hold {idx.size(1)}")
 
 
@@ -200,17 +182,10 @@ def window_mask(q_pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
     return (d >= 0) & (d < window)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Modules
-
-
 class WindowAttention(Attention):
-    """Causal self-attention over a sliding window: query t sees keys t-window+1..t.
-
-    Long sequences are cut into blocks of `window` queries that attend to their own block and the one
-    before it, so the cost grows as T x 2*window instead of T x T. With a KVCache (generation) or a short
-    sequence it is the parent's attention with an explicit window mask; both give the same result.
-    """
+    """Causal self-attention over a sliding window: query t sees keys t-window+1..t. Long rows run in blocks
+    of `window` queries that see their own block and the one before (cost T x 2*window, not T x T); with a
+    KVCache or a short row it is the parent's attention with an explicit window mask (the same result)."""
 
     def __init__(self, dim: int, n_heads: int, window: int):
         super().__init__(dim, n_heads)
@@ -239,13 +214,11 @@ class WindowAttention(Attention):
         # keys of block i: block i-1 then block i (2W keys)
         k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)
                 .view(B, H * n, 2 * W, Dh) for a in (k, v))
-        # key c of block i sits at i*W - W + c, query r at i*W + r:
-        # visible iff 0 <= r + W - c < W and key >= 0
-        r = torch.arange(W, device=x.device).view(W, 1)
-        c = torch.arange(2 * W, device=x.device).view(1, 2 * W)
-        blk = torch.arange(n, device=x.device).view(n, 1, 1)
+        # query r of a block sits at local position W + r, key c at c; block 0 has no block before it
+        mask = window_mask(torch.arange(W, 2 * W, device=x.device), 2 * W, W).repeat(n, 1, 1)  # (n, W, 2W)
+        mask[0, :, :W] = False
         # 4-D, (1, H*n, W, 2W): CPU sdpa drops to its slow math path for a 3-D mask
-        mask = ((r + W - c >= 0) & (r + W - c < W) & (blk * W - W + c >= 0)).repeat(H, 1, 1).unsqueeze(0)
+        mask = mask.repeat(H, 1, 1).unsqueeze(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H*n, W, Dh)
         y = y.reshape(B, H, n * W, Dh)[:, :, :T].transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)  # (B, T, C)
@@ -273,10 +246,9 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def project_kv(self, src):
-        """(B, S, C) -> k, v (B, H, S, Dh); separate so generation can cache them."""
+        """(B, S, C) -> k, v (B, H, S, Dh), stacked; separate so generation can cache them."""
         B, S, _ = src.shape
-        k, v = self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return k, v
+        return self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def forward(self, x, src=None, mask=None, kv=None, key_blocks=None):
         """key_blocks: optional [(t0, t1, n)]: queries t0..t1-1 may see no key past n (their mask's columns
@@ -294,12 +266,9 @@ class CrossAttention(nn.Module):
 
 
 class LocalEncoder(nn.Module):
-    """Bytes -> byte states (windowed causal self-attention) and patch states (pool + cross-attention).
-
-    Patch queries start as the max over the patch's byte states, projected to K queries of width C, and are
-    refined by one cross-attention in which a patch's queries see only that patch's bytes. A patch's K
-    outputs, concatenated, are its (B, P, K*C) representation for the global transformer.
-    """
+    """Bytes -> byte states (windowed causal self-attention) and patch states: a patch's K queries start as
+    the max over its byte states, projected to K x C, and are refined by one cross-attention that sees only
+    that patch's bytes; the K outputs, concatenated, are its (B, P, K*C) input to the global transformer."""
 
     def __init__(self, config: BLTConfig):
         super().__init__()
@@ -327,11 +296,9 @@ class LocalEncoder(nn.Module):
         return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
     def patch_states(self, h, patch_lengths):
-        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0.
-
-        Each patch's bytes are gathered into a (L,) slot, L = the longest patch, so pooling and the
-        cross-attention cost P x L per row rather than the P x T of a masked dense product.
-        """
+        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. Each patch's bytes
+        are gathered into L slots (L = the longest patch), so pooling and the cross-attention cost P x L per
+        row, not the P x T of a masked dense product."""
         B, T, C = h.shape
         P, K, H = patch_lengths.size(1), self.K, self.cross.n_heads
         L = max(int(patch_lengths.max()), 1) if P else 1  # the one host sync: the longest patch
@@ -371,11 +338,9 @@ class GlobalTransformer(nn.Module):
 
 class LocalDecoder(nn.Module):
     """Encoder byte states (shifted right by one) + global outputs of earlier patches -> next-byte logits.
-
-    Every layer is a cross-attention from bytes to patch keys followed by a windowed causal Block. The keys
-    are the global outputs, each projected to K keys of width C, behind K keys made from a learned start
-    vector ("patch -1"), so a byte of patch j reads the start and patches 0..j-1 and no row is ever empty.
-    """
+    Each layer: a cross-attention from bytes to patch keys (each global output projected to K keys, behind
+    K keys of a learned start vector, "patch -1": a byte of patch j reads the start and patches 0..j-1, so
+    no row is empty), then a windowed causal Block."""
 
     def __init__(self, config: BLTConfig):
         super().__init__()
@@ -422,12 +387,9 @@ class LocalDecoder(nn.Module):
 
 
 class BLTModel(CarriesConfig, nn.Module):
-    """Byte Latent Transformer: forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V),
-    loss).
-
-    patch_lengths are right-padded with zeros; a row's lengths sum to its number of real bytes (bytes past
-    that are padding: give them target -100). logits[:, t] predicts byte t from bytes < t (see the module
-    docstring for the alignment).
+    """forward(idx (B, T), patch_lengths (B, P), targets) -> (logits (B, T, V), loss); logits[:, t]
+    predicts byte t from bytes < t (the module docstring's alignment). patch_lengths are right-padded with
+    zeros; a row's lengths sum to its number of real bytes (bytes past that are padding: target -100).
     """
 
     kind = "blt"
@@ -443,9 +405,8 @@ class BLTModel(CarriesConfig, nn.Module):
         self.global_model = GlobalTransformer(config)
         self.decoder = LocalDecoder(config)
         init_weights(self)
-        for stack, n in ((self.encoder, config.encoder_layers), (self.global_model, config.global_layers),
-                         (self.decoder, config.decoder_layers)):
-            scale_residual_init(stack.blocks, n)
+        for stack in (self.encoder, self.global_model, self.decoder):
+            scale_residual_init(stack.blocks, len(stack.blocks))
         nn.init.normal_(self.decoder.start, std=0.02)
         nn.init.normal_(self.decoder.global_start, std=0.02)
         self.patcher = None  # what generate() patches with by default (the checkpoint loader sets it)
@@ -463,8 +424,7 @@ class BLTModel(CarriesConfig, nn.Module):
         p = self.encoder.patch_states(h, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
-        # key of "patch" e (e = 0 is the start, e = j+1 is patch j) is visible to a byte of patch j'
-        # iff e <= j'
+        # key slot e (e = 0: the start, e = j+1: patch j) is visible to a byte of patch j' iff e <= j'
         key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
         cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
@@ -489,16 +449,14 @@ class BLTModel(CarriesConfig, nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None,
-                 temperature: float = 1.0,
-                 top_k: int | None = None, use_cache: bool = True, seed: int | None = None) -> bytes:
-        """Sample max_new_bytes bytes after `prompt`; returns only the new bytes (a list of prompts gives
-        a list of outputs).
+                 temperature: float = 1.0, top_k: int | None = None, use_cache: bool = True,
+                 seed: int | None = None) -> bytes:
+        """Sample max_new_bytes bytes after `prompt` and return them (a list of prompts: a list of outputs).
 
         `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
-        is known, whether it starts a patch, by the causal rule used for training; None means
-        self.patcher (set by the checkpoint loader to the patching the model was trained with).
-        use_cache=True keeps KV caches for the encoder, the global transformer and the decoder (and the
-        stream its own for the entropy model) and steps the global model once per closed patch;
+        is known, whether it starts a patch, by the causal rule used for training; None: self.patcher (the
+        checkpoint loader sets it to the patching the model was trained with). use_cache=True keeps KV
+        caches in every stack (the stream keeps its own) and steps the global model once per closed patch;
         use_cache=False reruns a fresh stream and the whole BLT on the growing sequence. temperature=0 is
         greedy; both paths then give the same bytes.
         """
@@ -506,9 +464,7 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("max_new_bytes must be non-negative")
         if temperature < 0:
             raise ValueError("temperature must be non-negative")
-        if isinstance(prompt, (list, tuple)):  # several prompts: a list of outputs, one per prompt
-            # (run one after another for now, each with its own stream and caches; seeded sampling uses
-            # seed + i for prompt i, so greedy output equals one-at-a-time output)
+        if isinstance(prompt, (list, tuple)):  # one after another, own stream and caches; prompt i: seed + i
             return [self.generate(p, max_new_bytes, patcher, temperature, top_k, use_cache,
                                   None if seed is None else seed + i) for i, p in enumerate(prompt)]
         if isinstance(prompt, str):
@@ -518,20 +474,16 @@ class BLTModel(CarriesConfig, nn.Module):
             raise ValueError("generate() needs the patching the model was trained with: pass patcher=... (an "
                              "EntropyPatcher), or load the model with its checkpoint's patcher")
         prompt = bytes(prompt)
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self._device())
-            gen.manual_seed(seed)
+        gen = None if seed is None else torch.Generator(device=self._device()).manual_seed(seed)
         was_training = self.training
         self.eval()
         try:
-            if not use_cache:
-                return self._generate_uncached(prompt, max_new_bytes, patcher, temperature, top_k, gen)
+            state = self.prefill(prompt, patcher.stream(), max_new_bytes) if use_cache else None
             out = bytearray()
-            state = self.prefill(prompt, patcher.stream(), max_new_bytes)
             for i in range(max_new_bytes):
-                out.append(sample(state.logits, temperature, top_k, gen))
-                if i + 1 < max_new_bytes:
+                logits = state.logits if use_cache else self._uncached_logits(prompt + out, patcher)
+                out.append(sample(logits, temperature, top_k, gen))
+                if use_cache and i + 1 < max_new_bytes:
                     self.decode_one(state, out[-1])
             return bytes(out)
         finally:
@@ -540,39 +492,31 @@ class BLTModel(CarriesConfig, nn.Module):
     def _device(self):
         return self.decoder.head.weight.device
 
-    def _generate_uncached(self, prompt: bytes, n_new: int, patcher, temperature, top_k, gen) -> bytes:
-        """No caches: patch starts (a fresh stream) and the whole model recomputed for every new byte."""
-        seq, dev = bytearray(prompt), self._device()
-        for _ in range(n_new):
-            probe = bytes(seq) + b"\0"  # the byte being predicted is unknown; nothing reads it (causal)
-            starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
-            lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
-            logits, _ = self(torch.tensor([list(probe)], device=dev), lengths)  # (1, T, V)
-            seq.append(sample(logits[0, -1], temperature, top_k, gen))
-        return bytes(seq[len(prompt):])
+    def _uncached_logits(self, seq: bytes, patcher):
+        """(V,) prediction of the byte after `seq` with no caches: a fresh stream and the whole model."""
+        dev, probe = self._device(), seq + b"\0"  # the byte being predicted is unknown; nothing reads it
+        starts = [i for i, s in enumerate(patcher.stream().prefill(probe)) if s] + [len(probe)]
+        lengths = torch.tensor([[b - a for a, b in zip(starts, starts[1:])]], device=dev)  # (1, P)
+        return self(torch.tensor([list(probe)], device=dev), lengths)[0][0, -1]  # (V,)
 
     def prefill(self, prompt: bytes, stream, max_new_bytes: int = 0) -> GenerationState:
         """Run the prompt through every stack with fresh caches; state.logits predicts the byte after it.
-
-        stream: the patcher's stream (prefill / next_starts_patch / push) for this sequence. The encoder
-        runs over the prompt, the global model over the prompt's closed patches, the decoder over
-        positions 0..n (its input n reads byte n-1), each position seeing the start and the closed patches
-        before its own.
-        """
+        stream: the patcher's stream (prefill / next_starts_patch / push) for this sequence. The global
+        model runs over the prompt's closed patches, the decoder over positions 0..n (input n reads byte
+        n-1), each seeing the start and the closed patches before its own."""
         cfg, dev, dt = self.config, self._device(), self.decoder.head.weight.dtype
         enc, dec, n, K = self.encoder, self.decoder, len(prompt), cfg.cross_attn_k
         cap = n + max_new_bytes + 1
 
-        def caches(layers, heads, dim, length):
+        def caches(stack: str, length: int):  # one KVCache per layer of the encoder, global or decoder stack
+            layers, heads, dim = (getattr(cfg, f"{stack}_{f}") for f in ("layers", "heads", "dim"))
             return [KVCache(1, heads, dim // heads, length, dev, dt) for _ in range(layers)]
 
         state = GenerationState(
             stream=stream, seq=bytearray(prompt), patch_start=0,
             h=torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt),
-            enc_caches=caches(cfg.encoder_layers, cfg.encoder_heads, cfg.encoder_dim, cap),
-            global_caches=caches(cfg.global_layers, cfg.global_heads, cfg.global_dim, cap),
-            dec_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, cap),
-            cross_caches=caches(cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_dim, K * (cap + 1)),
+            enc_caches=caches("encoder", cap), global_caches=caches("global", cap),
+            dec_caches=caches("decoder", cap), cross_caches=caches("decoder", K * (cap + 1)),
             cross_kv=[], logits=None)
         self._add_patch_keys(state, dec.start_keys(1))
         starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
@@ -584,7 +528,6 @@ class BLTModel(CarriesConfig, nn.Module):
         if closed:
             self._close_patches(state, closed)
         state.patch_start = cut[-1]  # the open patch (position n when n starts one)
-        # decoder over positions 0..n: position i sees the start and the patches before its own
         ids = torch.tensor(starts, device=dev).long().cumsum(0) - 1  # (n+1,) patch id of each position
         key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(K)  # (S,)
         mask = key_patch.view(1, -1) <= ids.view(-1, 1)  # (n+1, S)
@@ -650,19 +593,12 @@ def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> in
     return int(torch.multinomial(F.softmax(logits, dim=-1), 1, generator=gen))
 
 
-# ----------------------------------------------------------------------------------------------------
-# FLOP accounting (DESIGN.md, "FLOPs")
-
-
 def flops_breakdown(config: BLTConfig, mean_patch_size: float,
                     seq_len: int | None = None) -> dict[str, float]:
-    """Forward FLOPs per byte by part: matmuls and attention (2 FLOPs per multiply-add).
-
-    Local blocks see a windowed causal context of bytes; the global transformer runs once per patch, so its
-    cost (and every other per-patch cost) is divided by the mean patch size. Attention is counted over the
-    keys a query may see, not the masked dense product the implementation computes. Embedding and hash
-    lookups and the max-pool are free.
-    """
+    """Forward FLOPs per byte by part (DESIGN.md, "FLOPs"): matmuls and attention, 2 FLOPs per multiply-add.
+    Local blocks see a windowed causal context of bytes; per-patch costs (the global transformer's among
+    them) are divided by the mean patch size. Attention counts the keys a query may see, not the masked
+    dense product computed; embedding and hash lookups and the max-pool are free."""
     T = seq_len or config.max_seq_len
     ps = float(mean_patch_size)
     if ps < 1:

@@ -164,6 +164,12 @@ def entropy_windows(n: int, W: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def entropy_of(logits):
+    """(..., V) logits -> (..., V) log-probabilities (fp32) and (...) entropies in nats."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp, -(logp.exp() * logp).sum(-1)
+
+
 @torch.inference_mode()
 def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
                     show_progress: bool | None = None, unit: str = "B"):
@@ -195,8 +201,8 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
             x[r, : e - s] = arrays[i][s:e]
         xt = torch.from_numpy(x).to(device)
         logits, _ = model(xt)  # fp32 even on CUDA: generation streams fp32 entropies, patches must agree
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-        h = -(logp.exp() * logp).sum(-1).cpu().numpy()  # (B, T)
+        logp, h = entropy_of(logits)  # (B, T, V), (B, T)
+        h = h.cpu().numpy()
         if want_nll:
             nl = -logp.gather(-1, xt.unsqueeze(-1)).squeeze(-1).double().cpu().numpy()  # (B, T)
         for r, (i, s, k0, k1) in enumerate(chunk):
@@ -206,12 +212,6 @@ def score_sequences(model, seqs, batch_size: int = 32, want_nll: bool = False,
             bar.update(k1 - k0)
     bar.close()
     return (ent, nll) if want_nll else ent
-
-
-def entropy_of(logits):
-    """(..., V) logits -> (..., V) log-probabilities (fp32) and (...) entropies in nats."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return logp, -(logp.exp() * logp).sum(-1)
 
 
 @torch.inference_mode()
@@ -562,8 +562,7 @@ class EntropyStream:
             x = torch.tensor([list(self.history[self.fed:i])], device=dev)  # (1, t)
             self.logits = m.step(x, self.caches)[0, -1]
             self.fed = i
-        logp = F.log_softmax(self.logits.float(), dim=-1)
-        return float(-(logp.exp() * logp).sum())  # float32 nats, as compute_entropies stores them
+        return float(entropy_of(self.logits)[1])  # float32 nats, as compute_entropies stores them
 
     def next_windowed(self) -> float:
         """Sliding window: the positions not yet fed go through window_step one at a time, each with the
