@@ -102,7 +102,9 @@ class KVCache:
 def window_layout(window: int) -> tuple[int, int]:
     """(chunk, back) of a sliding window of `window` keys computed in chunks: every chunk of `chunk` queries
     attends to its own chunk and the `back` chunks before it, which hold every key it may see."""
-    chunk = max(16, window // 4)  # >= 16 rows: BLAS gives a row the same bits at any row count (tested)
+    # four chunks hold the W-1 keys before a query, so it reads (back + 1) * chunk ~ 1.25 W keys; >= 16
+    # rows: BLAS gives a row the same bits at any row count (tested)
+    chunk = max(16, -(-(window - 1) // 4))
     return chunk, max(1, -(-(window - 1) // chunk))
 
 
