@@ -8,7 +8,8 @@ training compute, equal inference compute per byte and equal context, and by how
     python complete_entropy_workflow.py --train_entropy --template_preset cpu --blt_preset tiny \
         --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --context_bytes 128 --blt_local_dim 32 \
         --bpe_vocab_size 300 --batch_size 4 --flops_budget 3e10                # a smoke run, seconds
-The seed's research questions (docs/research/README.md has the answers; /work/plan/RESEARCH_COMMANDS.md):
+The seed's research questions (answers in docs/research/README.md): the study per domain, and the entropy
+model's data (--domains and --entropy_data_fraction below):
     python complete_entropy_workflow.py --quick_demo --train_entropy --domains builtin:code,builtin:prose
     python complete_entropy_workflow.py --quick_demo --data builtin:code --entropy_data_fraction 0.01,0.1,1.0
 
@@ -31,14 +32,8 @@ Protocol (DESIGN.md, "The comparison protocol"):
 - Uncertainty: BPB with a 95% bootstrap interval over held-out documents; BLT minus BPE with a paired
   interval on the same documents; --seeds N changes init and data order (the entropy model and the BPE
   tokenizer are trained once, with the first seed, and shared). An interval holding 0: "no difference".
-- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality):
-  starts on word boundaries, boundary enrichment under the study's entropy model as the reference byte
-  model (its -log p of each byte), and patch size mean, median and coefficient of variation.
-- --domains A,B: the whole study per domain (OUT/<domain>/), then one table of runs by domains (BPB and its
-  gap to BPE with intervals; domains.md, domains.json, domains.png).
-- --entropy_data_fraction F1,F2,..: entropy models trained (same steps) on the first F of the training
-  bytes, and one on --entropy_other_data's training documents; for each, its held-out BPB on this corpus,
-  the patch statistics and the BLT's held-out BPB at the first budget (OUT/entropy_data.md and .json).
+- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality),
+  its enrichment under the study's entropy model as the reference byte model.
 Everything the study trains goes under --out, with results.md, results.json and plots; an existing model
 there is refused unless --overwrite.
 """
@@ -706,10 +701,12 @@ def main(argv=None):
                    f"(default: {','.join(RUN_NAMES)})")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
     p.add_argument("--report", default=None, help="also write results.json's content here")
-    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), and "
-                   "one table of runs by domains")
-    p.add_argument("--entropy_data_fraction", help="comma-separated fractions of the training bytes, e.g. "
-                   "0.01,0.1,1.0: the entropy model's data study instead of the runs")
+    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), then "
+                   "one table of runs by domains: BPB and its gap to BPE (domains.md, .json, .png)")
+    p.add_argument("--entropy_data_fraction", help="comma-separated fractions F of the training bytes, e.g. "
+                   "0.01,0.1,1.0, instead of the runs: entropy models (same steps) on the first F and one on "
+                   "--entropy_other_data; for each its held-out BPB, patch statistics and the BLT's held-out "
+                   "BPB at the first budget (OUT/entropy_data.md and .json)")
     p.add_argument("--entropy_other_data", help="that study's other-domain corpus (default: the other of "
                    "builtin:code and builtin:prose)")
     add_config_args(p, StudyConfig, aliases={"flops_budgets": ("flops_budget",)})
