@@ -8,7 +8,8 @@ training compute, equal inference compute per byte and equal context, and by how
     python complete_entropy_workflow.py --train_entropy --template_preset cpu --blt_preset tiny \
         --entropy_preset tiny --entropy_steps 20 --max_bytes 60000 --context_bytes 128 --blt_local_dim 32 \
         --bpe_vocab_size 300 --batch_size 4 --flops_budget 3e10                # a smoke run, seconds
-The seed's research questions (docs/research/README.md has the answers; /work/plan/RESEARCH_COMMANDS.md):
+The seed's research questions (answers in docs/research/README.md): the study per domain, and the entropy
+model's data (--domains and --entropy_data_fraction below):
     python complete_entropy_workflow.py --quick_demo --train_entropy --domains builtin:code,builtin:prose
     python complete_entropy_workflow.py --quick_demo --data builtin:code --entropy_data_fraction 0.01,0.1,1.0
 
@@ -31,14 +32,8 @@ Protocol (DESIGN.md, "The comparison protocol"):
 - Uncertainty: BPB with a 95% bootstrap interval over held-out documents; BLT minus BPE with a paired
   interval on the same documents; --seeds N changes init and data order (the entropy model and the BPE
   tokenizer are trained once, with the first seed, and shared). An interval holding 0: "no difference".
-- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality):
-  starts on word boundaries, boundary enrichment under the study's entropy model as the reference byte
-  model (its -log p of each byte), and patch size mean, median and coefficient of variation.
-- --domains A,B: the whole study per domain (OUT/<domain>/), then one table of runs by domains (BPB and its
-  gap to BPE with intervals; domains.md, domains.json, domains.png).
-- --entropy_data_fraction F1,F2,..: entropy models trained (same steps) on the first F of the training
-  bytes, and one on --entropy_other_data's training documents; for each, its held-out BPB on this corpus,
-  the patch statistics and the BLT's held-out BPB at the first budget (OUT/entropy_data.md and .json).
+- Boundary quality of every BLT run's patching of the held-out documents (patch_pictures.boundary_quality),
+  its enrichment under the study's entropy model as the reference byte model.
 Everything the study trains goes under --out, with results.md, results.json and plots; an existing model
 there is refused unless --overwrite.
 """
@@ -61,7 +56,7 @@ import train_blt as tb
 from blt_model import BLTConfig, flops_per_byte
 from byte_data import DataError, load_corpus, split_documents
 from common import add_config_args, config_from_dict, config_overrides, pick_device, write_report
-from patch_pictures import boundary_quality, plot_entropies
+from patch_pictures import boundary_markdown, boundary_quality, num, plot_domains, plot_study
 from save_entropy_model import CheckpointError, load_checkpoint, load_entropy_model
 
 RUN_NAMES = ("byte", "bpe", "blt-static", "blt-space", "blt-entropy-4.5", "blt-entropy-6", "blt-entropy-8")
@@ -196,16 +191,11 @@ def check_matched(name: str, f: float, target: float):
 # Uncertainty: bootstrap over held-out documents
 
 
-def bootstrap_counts(n_docs: int, reps: int, seed: int) -> np.ndarray:
-    """(reps, n_docs) multiplicities of each held-out document in each bootstrap resample."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=reps).astype(np.float64)
-
-
 def bpb_interval(doc_nats, doc_bytes, reps: int = 2000, seed: int = 0, level: float = 0.95):
     """(bpb, lo, hi): bits per byte over the documents and a percentile bootstrap interval over documents."""
     nats, nbytes = np.asarray(doc_nats, np.float64), np.asarray(doc_bytes, np.float64)
-    counts = bootstrap_counts(len(nats), reps, seed)
+    n = len(nats)  # counts: (reps, n) multiplicities of each document in each resample
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
     boot = (counts @ nats) / (LN2 * (counts @ nbytes))
     q = (1 - level) / 2
     lo, hi = np.quantile(boot, [q, 1 - q])
@@ -235,30 +225,28 @@ class Setup:
     val_docs: list[bytes]
     tokenizer: object  # the BPE, learned once from the training documents
     tokens_per_byte: float
+    bpe_row_tokens: int  # the BPE's rows: context_bytes x its tokens per byte
     target: float  # the BPE baseline's forward FLOPs per byte
     datasets: dict  # BLT run name -> tb.PatchedDataset
     entropy_train_flops: dict = field(default_factory=dict)  # BLT run name -> its entropy models' training
 
 
-def template_config(name: str, study: StudyConfig, setup: Setup) -> tl.TemplateConfig:
-    bpe = name == "bpe"
-    sizes = {}
-    if bpe:
-        sizes = dict(vocab_size=study.bpe_vocab_size,
-                     max_seq_len=max(1, round(study.context_bytes * setup.tokens_per_byte)))
+def model_config(name: str, study: StudyConfig, setup: Setup) -> tuple[object, float]:
+    """A run's model config (with matched FLOPs, sized to the target) and its forward FLOPs per byte."""
+    if name not in ("byte", "bpe"):
+        base = tb.model_config(study.blt_preset, max_seq_len=study.context_bytes)
+        patch = setup.datasets[name].mean_patch_size
+        if study.match_inference_flops:
+            return size_blt(setup.target, patch, base, study.blt_local_dim)
+        return base, flops_per_byte(base, patch)
+    sizes = dict(max_seq_len=study.context_bytes)
+    if name == "bpe":
+        sizes = dict(vocab_size=study.bpe_vocab_size, max_seq_len=setup.bpe_row_tokens)
     elif study.match_inference_flops:
-        sizes = dict(size_byte_lm(setup.target, study.context_bytes)[0], max_seq_len=study.context_bytes)
-    else:
-        sizes = dict(max_seq_len=study.context_bytes)
-    return tl.build_config(study.template_preset, tokenizer="bpe" if bpe else "bytes",
-                           batch_size=study.batch_size, **sizes)
-
-
-def blt_config(name: str, study: StudyConfig, setup: Setup) -> BLTConfig:
-    base = tb.model_config(study.blt_preset, max_seq_len=study.context_bytes)
-    if not study.match_inference_flops:
-        return base
-    return size_blt(setup.target, setup.datasets[name].mean_patch_size, base, study.blt_local_dim)[0]
+        sizes.update(size_byte_lm(setup.target, study.context_bytes)[0])
+    cfg = tl.build_config(study.template_preset, tokenizer="bpe" if name == "bpe" else "bytes",
+                          batch_size=study.batch_size, **sizes)
+    return cfg, tl.flops_per_byte(cfg, setup.tokens_per_byte if name == "bpe" else 1.0)
 
 
 def run_one(name: str, budget: float, seed: int, study: StudyConfig, setup: Setup, out_dir: str,
@@ -266,39 +254,32 @@ def run_one(name: str, budget: float, seed: int, study: StudyConfig, setup: Setu
     """One run trained from scratch to `budget` with this seed; its record, with per-document nats."""
     t0 = time.perf_counter()
     ckpt = checkpoint_path(out_dir, name, budget, seed)
+    cfg, fpb = model_config(name, study, setup)
+    steps = steps_for(budget, fpb, study.batch_size, study.context_bytes)
     if name in ("byte", "bpe"):
-        cfg = template_config(name, study, setup)
         tpb = setup.tokens_per_byte if name == "bpe" else 1.0
-        fpb = tl.flops_per_byte(cfg, tpb)
-        cfg = dataclasses.replace(cfg, **schedule(steps_for(budget, fpb, study.batch_size,
-                                                            study.context_bytes), seed))
+        cfg = dataclasses.replace(cfg, **schedule(steps, seed))
         rep = tl.train_template(cfg, setup.train_docs, setup.val_docs, ckpt, device,
                                 tokenizer=setup.tokenizer if name == "bpe" else None, per_document=True)
+        kept = ("tokenizer", "vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len")
         extra = {"mean_patch_size": 1 / tpb, "params_no_hash": rep["params"], "tokens_per_byte": tpb,
-                 "patching_flops_per_byte": 0.0, "model_config": dataclasses.asdict(cfg)}
-        extra["model_config"] = {k: extra["model_config"][k] for k in
-                                 ("tokenizer", "vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len")}
+                 "patching_flops_per_byte": 0.0, "model_config": {k: getattr(cfg, k) for k in kept}}
     else:
         ds = setup.datasets[name]
-        mcfg = blt_config(name, study, setup)
-        fpb = flops_per_byte(mcfg, ds.mean_patch_size)
-        steps = steps_for(budget, fpb, study.batch_size, study.context_bytes)
         tcfg = tb.train_config(batch_size=study.batch_size, **schedule(steps, seed))
-        rep = tb.train_blt(tb.build_model(mcfg, seed), ds, tcfg, ckpt, device, per_document=True)
-        cfg = tcfg
+        rep = tb.train_blt(tb.build_model(cfg, seed), ds, tcfg, ckpt, device, per_document=True)
         extra = {"mean_patch_size": rep["mean_patch_size"], "params_no_hash": rep["params_without_hash"],
-                 "patching_flops_per_byte": setup.datasets[name].patching_flops_per_byte,
+                 "patching_flops_per_byte": ds.patching_flops_per_byte,
                  "entropy_train_flops": setup.entropy_train_flops.get(name, 0.0),
-                 "entropy_threshold": rep["entropy_threshold"], "model_config": dataclasses.asdict(mcfg)}
+                 "entropy_threshold": rep["entropy_threshold"], "model_config": dataclasses.asdict(cfg)}
     if len(rep["doc_nats"]) != len(setup.val_docs):
         raise RuntimeError(f"{name}: scored {len(rep['doc_nats'])} held-out documents, not "
                            f"{len(setup.val_docs)}")
     bpb, lo, hi = bpb_interval(rep["doc_nats"], rep["doc_bytes"], study.bootstrap_reps, study.seed)
     return {"name": name, "budget": budget, "seed": seed, "val_bpb": bpb, "bpb_ci": [lo, hi], **extra,
-            "flops_per_byte": rep["flops_per_byte"], "train_flops": rep["train_flops"],
-            "steps": cfg.max_steps,
+            "flops_per_byte": rep["flops_per_byte"], "train_flops": rep["train_flops"], "steps": steps,
             "context_bytes": study.context_bytes, "batch_size": study.batch_size,
-            "bytes_seen": cfg.max_steps * study.batch_size * study.context_bytes, "params": rep["params"],
+            "bytes_seen": steps * study.batch_size * study.context_bytes, "params": rep["params"],
             "bytes_per_s": rep["bytes_per_s"], "checkpoint": ckpt, "wall_s": time.perf_counter() - t0,
             "doc_nats": np.asarray(rep["doc_nats"], np.float64)}
 
@@ -321,11 +302,31 @@ def entropy_facts(path: str, model, train_docs: list[bytes]) -> dict:
             "window_overlap": overlap, "patching_flops_per_byte": fpb * overlap}
 
 
-def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir, patching_fpb=0.0,
-            second=None) -> Setup:
+def entropy_config(study: StudyConfig, quick_demo: bool, seed: int) -> entropy_llm.EntropyConfig:
+    steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
+    return entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=seed, **steps)
+
+
+def entropy_model_for(path: str, seed: int, missing: str, train: bool, study: StudyConfig, quick_demo: bool,
+                      train_docs, val_docs, device) -> tuple[object, dict]:
+    """An entropy model and its facts: trained here on the training documents with this seed (into path),
+    or read from path (`missing`: the advice when it is not there)."""
+    info = {}
+    if train:
+        erep = entropy_llm.train_entropy_model(entropy_config(study, quick_demo, seed), train_docs, val_docs,
+                                               path, device)
+        info = {"val_bpb": erep["val_bpb"], "trained_here": True}
+    elif not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file; {missing}")
+    model = load_entropy_model(path, pick_device(device))
+    return model, {**info, **entropy_facts(path, model, train_docs)}
+
+
+def prepare(study: StudyConfig, docs, runs, out_dir, entropy: list[tuple]) -> Setup:
     """The split, the BPE (once), its tokens per byte, the FLOP target and every BLT run's patched data.
 
-    second: (model, path, patching FLOPs per byte) of an ensemble run's second entropy model."""
+    entropy: (model, absolute path, facts) of the study's entropy model (None, path, {} when no run needs
+    one), then of an ensemble run's second entropy model."""
     train_docs, val_docs = split_documents(docs)
     if not val_docs:
         raise DataError("the corpus is too small to hold out any documents")
@@ -333,7 +334,7 @@ def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir
     tokenizer = tl.build_tokenizer(cfg, train_docs)
     tpb = sum(map(len, tl.encode_all(tokenizer, train_docs))) / sum(map(len, train_docs))
     cfg = dataclasses.replace(cfg, max_seq_len=max(1, round(study.context_bytes * tpb)))
-    setup = Setup(train_docs, val_docs, tokenizer, tpb, tl.flops_per_byte(cfg, tpb), {})
+    setup = Setup(train_docs, val_docs, tokenizer, tpb, cfg.max_seq_len, tl.flops_per_byte(cfg, tpb), {})
     for name in runs:
         if "method" not in (spec := parse_run(name)):
             continue
@@ -342,30 +343,19 @@ def prepare(study: StudyConfig, docs, runs, entropy_model, entropy_path, out_dir
                                cache_dir=os.path.join(out_dir, "patch_cache"),
                                max_patch_size=min(64, study.context_bytes))
         if "ensemble" in spec:  # the study's entropy model and the second one, combined
-            if second is None:
+            if len(entropy) < 2:
                 raise ValueError(f"{name}: an ensemble run needs the second entropy model")
-            ds = tb.prepare_dataset(docs, pcfg, [entropy_model, second[0]], [entropy_path, second[1]],
+            used = entropy
+            ds = tb.prepare_dataset(docs, pcfg, [m for m, _, _ in used], [p for _, p, _ in used],
                                     combine=spec["ensemble"])
-            ds.patching_flops_per_byte = patching_fpb + second[2]
         else:
-            ds = tb.prepare_dataset(docs, pcfg, entropy_model if pcfg.needs_entropy else None, entropy_path)
-            ds.patching_flops_per_byte = patching_fpb if pcfg.needs_entropy else 0.0
+            used = entropy[:1] if pcfg.needs_entropy else []
+            ds = tb.prepare_dataset(docs, pcfg, entropy[0][0] if used else None, entropy[0][1])
+        ds.patching_flops_per_byte = sum((f["patching_flops_per_byte"] for _, _, f in used), 0.0)
+        if pcfg.needs_entropy:
+            setup.entropy_train_flops[name] = float(sum(f.get("train_flops") or 0.0 for _, _, f in used))
         setup.datasets[name] = ds
     return setup
-
-
-def check_sizes(study: StudyConfig, setup: Setup, runs) -> dict:
-    """Forward FLOPs per byte of every run; with matched FLOPs, each must be within 10% of the target."""
-    out = {}
-    for name in runs:
-        if name in ("byte", "bpe"):
-            out[name] = tl.flops_per_byte(template_config(name, study, setup),
-                                          setup.tokens_per_byte if name == "bpe" else 1.0)
-        else:
-            out[name] = flops_per_byte(blt_config(name, study, setup), setup.datasets[name].mean_patch_size)
-        if study.match_inference_flops:
-            check_matched(name, out[name], setup.target)
-    return out
 
 
 def summarize(results: list[dict], study: StudyConfig, doc_bytes) -> list[dict]:
@@ -422,10 +412,10 @@ def fmt_ci(ci) -> str:
     return "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
-def results_markdown(summary: list[dict], info: dict, study: StudyConfig, command: str) -> str:
-    ent = info["entropy_model"]
+def results_markdown(info: dict, study: StudyConfig) -> list[str]:
+    summary, ent = info["summary"], info["entropy_model"]
     lines = ["# Entropy patches against tokens: matched training FLOPs, inference FLOPs per byte and context",
-             "", f"`{command}`", "",
+             "", f"`{info['command']}`", "",
              f"{info['train_docs']} training documents ({info['train_bytes']:,} bytes), {info['val_docs']} "
              f"held-out documents ({info['val_bytes']:,} bytes, never trained on by any model). Every model "
              f"trains on rows of {study.context_bytes} bytes (BPE: {info['bpe_row_tokens']} tokens at "
@@ -436,21 +426,20 @@ def results_markdown(summary: list[dict], info: dict, study: StudyConfig, comman
                 "(within 10%; the entropy model's cost apart). " if study.match_inference_flops else "")
              + f"Seeds {info['seeds']}: init and data order (the entropy model and the BPE are trained once, "
              f"shared). Intervals: 95%, bootstrap over held-out documents ({study.bootstrap_reps} "
-             "resamples); "
-             "'minus BPE' is paired on the same documents; an interval that holds 0 is 'no difference'.", ""]
+             "resamples); 'minus BPE' is paired on the same documents; an interval that holds 0 is 'no "
+             "difference'.", ""]
     for budget in study.budgets:
-        rows = [s for s in summary if s["budget"] == budget]
         lines += [f"## Training budget {budget:.3g} FLOPs per run", "",
                   "| run | params | mean patch (bytes) | fwd FLOPs/byte | training FLOPs | bytes seen "
                   "| held-out BPB [95% CI] | minus BPE [95% CI] | verdict |",
                   "|---|---:|---:|---:|---:|---:|---|---|---|"]
-        for s in rows:
+        for s in (s for s in summary if s["budget"] == budget):
             std = f" ± {s['val_bpb_std']:.4f}" if s["val_bpb_std"] is not None else ""
             diff = "" if s["diff_vs_bpe"] is None else f"{s['diff_vs_bpe']:+.4f} {fmt_ci(s['diff_ci'])}"
             lines.append(f"| {s['name']} | {s['params'] / 1e6:.2f}M | {s['mean_patch_size']:.2f} | "
                          f"{s['flops_per_byte'] / 1e6:.3f}M | {s['train_flops']:.3g} | "
-                         f"{s['bytes_seen']:,.0f} | "
-                         f"{s['val_bpb']:.4f}{std} {fmt_ci(s['bpb_ci'])} | {diff} | {s['verdict'] or ''} |")
+                         f"{s['bytes_seen']:,.0f} | {s['val_bpb']:.4f}{std} {fmt_ci(s['bpb_ci'])} | {diff} | "
+                         f"{s['verdict'] or ''} |")
         lines.append("")
     etrain = ent.get("train_flops") or 0.0
     lines += ["## Costs with the entropy model", "",
@@ -466,65 +455,20 @@ def results_markdown(summary: list[dict], info: dict, study: StudyConfig, comman
               "| run | budget | fwd FLOPs/byte | patching FLOPs/byte | incl. patching | training FLOPs "
               "| entropy model training | incl. entropy model |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
-        p = s["patching_flops_per_byte"]
-        e = s.get("entropy_train_flops", etrain if p else 0.0)
-        lines.append(f"| {s['name']} | {s['budget']:.3g} | {s['flops_per_byte'] / 1e6:.3f}M | "
-                     f"{p / 1e6:.3f}M | "
-                     f"{(s['flops_per_byte'] + p) / 1e6:.3f}M | {s['train_flops']:.3g} | {e:.3g} | "
+        fpb, p, e = s["flops_per_byte"], s["patching_flops_per_byte"], s["entropy_train_flops"]
+        lines.append(f"| {s['name']} | {s['budget']:.3g} | {fpb / 1e6:.3f}M | {p / 1e6:.3f}M | "
+                     f"{(fpb + p) / 1e6:.3f}M | {s['train_flops']:.3g} | {e:.3g} | "
                      f"{s['train_flops'] + e:.3g} |")
     lines += boundary_markdown(info["boundary"], info["boundary_reference"])
-    lines += ["", "## Headline", ""] + [f"- {h}" for h in info["headline"]]
-    return "\n".join(lines) + "\n"
+    return lines + ["", "## Headline", ""] + [f"- {h}" for h in info["headline"]]
 
 
-def plot_study(summary: list[dict], datasets: dict, out_dir: str, paragraph=None) -> list[str]:
-    """BPB against training FLOPs, the gap to BPE against budget, patch sizes, a held-out paragraph."""
-    from matplotlib.figure import Figure
-
-    names = list(dict.fromkeys(s["name"] for s in summary))
-    paths = []
-    for what, fname in (("val_bpb", "bpb_vs_flops.png"), ("diff_vs_bpe", "gap_vs_budget.png")):
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.add_subplot()
-        for k, name in enumerate(names):
-            pts = sorted((s for s in summary if s["name"] == name and s[what] is not None),
-                         key=lambda s: s["budget"])
-            if not pts:
-                continue
-            ci = "bpb_ci" if what == "val_bpb" else "diff_ci"
-            ys = np.array([s[what] for s in pts])
-            err = np.abs(np.array([s[ci] for s in pts]).T - ys)
-            xs = [s["train_flops"] if what == "val_bpb" else s["budget"] for s in pts]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name, color=f"C{k}")
-        ax.set_xscale("log")
-        ax.set_xlabel("training FLOPs per run" if what == "val_bpb" else "training budget (FLOPs)")
-        ax.set_ylabel("held-out bits per byte" if what == "val_bpb" else "BPB minus BPE's (bits per byte)")
-        if what == "diff_vs_bpe":
-            ax.axhline(0, color="k", lw=0.8)
-        ax.set_title("Held-out BPB against training compute (95% CI)" if what == "val_bpb" else
-                     "Gap to the BPE baseline (paired 95% CI; below 0: better than BPE)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, fname))
-        fig.savefig(paths[-1], dpi=120)
-    if datasets:
-        fig = Figure(figsize=(3.2 * len(datasets), 3))
-        for k, (name, ds) in enumerate(datasets.items()):
-            ax = fig.add_subplot(1, len(datasets), k + 1)
-            sizes = np.concatenate(ds.train_lengths)
-            ax.hist(sizes, bins=np.arange(1, min(int(sizes.max()), 40) + 2) - 0.5, color=f"C{k}")
-            ax.set_title(f"{name}\nmean {sizes.mean():.2f}", fontsize=9)
-            ax.set_xlabel("patch size (bytes)")
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "patch_sizes.png"))
-        fig.savefig(paths[-1], dpi=120)
-    if paragraph is not None:
-        data, H, lengths, threshold = paragraph
-        paths.append(os.path.join(out_dir, "entropy_patches.png"))
-        plot_entropies(data, H, lengths, threshold, paths[-1],
-                       title="held-out paragraph: entropy and patches")
-    return paths
+def write_results(out_dir: str, name: str, lines: list[str], info: dict) -> dict:
+    """OUT/NAME.md (the lines) and OUT/NAME.json (info)."""
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_report(os.path.join(out_dir, f"{name}.json"), info)
+    return info
 
 
 def held_out_paragraph(ds, entropy_model, max_len: int = 160):
@@ -562,11 +506,10 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
     reference: the byte model of boundary enrichment (default: the study's entropy model)."""
     t_start = time.perf_counter()
     runs = sorted(runs, key=lambda n: n != "bpe")  # BPE first: every other run is compared with it
-    for name in runs:
-        parse_run(name)
+    specs = [parse_run(name) for name in runs]
     seeds = [study.seed + k for k in range(study.seeds)]
-    needs_entropy = any(parse_run(r).get("method") in ENTROPY_METHODS for r in runs)
-    needs_second = any("ensemble" in parse_run(r) for r in runs)
+    needs_entropy = any(s.get("method") in ENTROPY_METHODS for s in specs)
+    needs_second = any("ensemble" in s for s in specs)
     if entropy_model_path is None:
         entropy_model_path = (os.path.join(out_dir, "entropy_model.pth") if train_entropy
                               else "entropy_model.pth")
@@ -580,43 +523,25 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
     print(f"study: {len(train_docs)} training documents ({sum(map(len, train_docs)):,} bytes), "
           f"{len(val_docs)} held-out ({sum(map(len, val_docs)):,} bytes); budgets "
           f"{', '.join(f'{b:.3g}' for b in study.budgets)} training FLOPs; seeds {seeds}")
-    entropy_model, entropy_info, second = None, {}, None
+    entropy_model, entropy_info = None, {}
+    shared = (train_entropy, study, quick_demo, train_docs, val_docs, device)
     if needs_entropy:
-        steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
-        if train_entropy:
-            ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed,
-                                            **steps)
-            erep = entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, entropy_model_path, device)
-            entropy_info = {"val_bpb": erep["val_bpb"], "trained_here": True}
-        elif not os.path.exists(entropy_model_path):
-            raise CheckpointError(f"{entropy_model_path}: no such file; add --train_entropy to train one on "
-                                  "this corpus's training documents")
-        entropy_model = load_entropy_model(entropy_model_path, pick_device(device))
-        entropy_info.update(entropy_facts(entropy_model_path, entropy_model, train_docs))
+        entropy_model, entropy_info = entropy_model_for(
+            entropy_model_path, study.seed, "add --train_entropy to train one on this corpus's training "
+            "documents", *shared)
+    entropy = [(entropy_model, os.path.abspath(entropy_model_path), entropy_info)]
     if needs_second:  # the ensemble runs' second entropy model: the first's training with seed + 1
-        info2 = {}
         if train_entropy:
-            ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed + 1,
-                                            **steps)
             print(f"\n=== second entropy model (seed {study.seed + 1}) for the ensemble runs ===")
-            info2 = {"val_bpb": entropy_llm.train_entropy_model(ecfg, train_docs, val_docs, second_path,
-                                                                device)["val_bpb"], "trained_here": True}
-        elif not os.path.exists(second_path):
-            raise CheckpointError(f"{second_path}: no such file; the ensemble runs need a second entropy "
-                                  "model: add --train_entropy to train both on this corpus's training "
-                                  "documents")
-        model2 = load_entropy_model(second_path, pick_device(device))
-        info2.update(entropy_facts(second_path, model2, train_docs))
-        entropy_info["second"] = info2
-        second = (model2, os.path.abspath(second_path), info2["patching_flops_per_byte"])
-    setup = prepare(study, docs, runs, entropy_model, os.path.abspath(entropy_model_path), out_dir,
-                    entropy_info.get("patching_flops_per_byte", 0.0), second)
-    for name in setup.datasets:
-        if setup.datasets[name].patch_config.needs_entropy:
-            costs = [entropy_info.get("train_flops")] + ([entropy_info["second"].get("train_flops")]
-                                                         if "ensemble" in parse_run(name) else [])
-            setup.entropy_train_flops[name] = float(sum(c or 0.0 for c in costs))
-    fpb = check_sizes(study, setup, runs)
+        model2, entropy_info["second"] = entropy_model_for(
+            second_path, study.seed + 1, "the ensemble runs need a second entropy model: add --train_entropy "
+            "to train both on this corpus's training documents", *shared)
+        entropy.append((model2, os.path.abspath(second_path), entropy_info["second"]))
+    setup = prepare(study, docs, runs, out_dir, entropy)
+    fpb = {name: model_config(name, study, setup)[1] for name in runs}
+    if study.match_inference_flops:
+        for name, f in fpb.items():
+            check_matched(name, f, setup.target)
     reference = reference if reference is not None else entropy_model
     boundary = boundary_figures(setup.datasets, reference)
     print("forward FLOPs per byte: " + ", ".join(f"{n} {f / 1e6:.3f}M" for n, f in fpb.items())
@@ -642,24 +567,22 @@ def run_study(study: StudyConfig, data: str, out_dir: str, entropy_model_path: s
                                           study.seed)
             r["diff_vs_bpe"], r["diff_ci"] = d, [lo, hi]
     summary = summarize(results, study, doc_bytes)
-    entropy_runs = [n for n in setup.datasets if setup.datasets[n].patch_config.needs_entropy
-                    and setup.datasets[n].combine is None]  # the paragraph shows one model's entropies
+    entropy_runs = [n for n, ds in setup.datasets.items() if ds.patch_config.needs_entropy
+                    and ds.combine is None]  # the paragraph shows one model's entropies
     paragraph = held_out_paragraph(setup.datasets[entropy_runs[0]], entropy_model) if entropy_runs else None
-    plots = plot_study(summary, setup.datasets, out_dir, paragraph)
+    lengths = {name: ds.train_lengths for name, ds in setup.datasets.items()}
     info = {"runs": [{k: v for k, v in r.items() if k != "doc_nats"} for r in results], "summary": summary,
             "entropy_model": entropy_info, "headline": headline(summary), "study": dataclasses.asdict(study),
             "data": data, "seeds": seeds, "train_docs": len(setup.train_docs),
             "val_docs": len(setup.val_docs),
             "train_bytes": sum(map(len, setup.train_docs)), "val_bytes": int(doc_bytes.sum()),
             "tokens_per_byte": setup.tokens_per_byte, "target_flops_per_byte": setup.target,
-            "bpe_row_tokens": max(1, round(study.context_bytes * setup.tokens_per_byte)),
-            "plots": [os.path.basename(p) for p in plots], "command": command, "boundary": boundary,
+            "bpe_row_tokens": setup.bpe_row_tokens,
+            "plots": [os.path.basename(p) for p in plot_study(summary, lengths, out_dir, paragraph)],
+            "command": command, "boundary": boundary,
             "boundary_reference": None if reference is None else "the study's entropy model"}
     info["wall_s"] = time.perf_counter() - t_start
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(results_markdown(summary, info, study, command))
-    write_report(os.path.join(out_dir, "results.json"), info)
-    return info
+    return write_results(out_dir, "results", results_markdown(info, study), info)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -675,27 +598,6 @@ def boundary_figures(datasets: dict, reference) -> dict:
     return {name: boundary_quality(ds.val_docs, ds.val_lengths, surprisal) for name, ds in datasets.items()}
 
 
-def num(v, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def boundary_markdown(boundary: dict, reference) -> list[str]:
-    if not boundary:
-        return []
-    lines = ["", "## Boundary quality (held-out documents)", "",
-             f"Enrichment: mean surprisal of patch-start bytes over that of the other bytes, under "
-             f"{reference or 'no reference model (no entropy model in this study)'}; a document's first "
-             "byte is left out. Word boundaries: starts that cut no word (chance: the share of all bytes).",
-             "",
-             "| run | mean patch | median | CV | starts on word boundaries (chance) | enrichment |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, b in boundary.items():
-        lines.append(f"| {name} | {b['mean_patch_size']:.2f} | {b['median_patch_size']:.1f} | "
-                     f"{b['patch_size_cv']:.2f} | {num(b['word_boundary_fraction'])} "
-                     f"({num(b['word_boundary_base_rate'])}) | {num(b['boundary_enrichment'])} |")
-    return lines
-
-
 def slug(data: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", data).strip("_") or "data"
 
@@ -704,56 +606,27 @@ def run_domains(domains: list[str], out_dir: str, train_entropy: bool, entropy_m
     """The same study per domain (OUT/<domain>), then one table and plot of runs by domains."""
     infos = {d: run_study(data=d, out_dir=os.path.join(out_dir, slug(d)), train_entropy=train_entropy,
                           entropy_model_path=entropy_model_path, **kw) for d in domains}
-    budget = kw["study"].budgets[0]
+    budget, command = kw["study"].budgets[0], kw.get("command", "")
     cells = {d: {s["name"]: s for s in info["summary"] if s["budget"] == budget} for d, info in infos.items()}
     names = list(dict.fromkeys(n for c in cells.values() for n in c))
     lines = [f"# Runs by domain ({budget:.3g} training FLOPs): held-out BPB [95% CI]; minus BPE [95% CI]",
-             "", f"`{kw.get('command', '')}`", "", "Each domain is a separate study (its own split, BPE, "
-             "entropy model, FLOP matching): see its folder's results.md.", "",
+             "", f"`{command}`", "",
+             "Each domain is a separate study (its own split, BPE, entropy model, FLOP matching): see its "
+             "folder's results.md.", "",
              "| run | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     for n in names:
         row = []
-        for d in domains:
-            c = cells[d].get(n)
+        for c in (cells[d].get(n) for d in domains):
             gap = "" if not c or c["diff_vs_bpe"] is None else \
                 f"; {c['diff_vs_bpe']:+.4f} {fmt_ci(c['diff_ci'])} {c['verdict']}"
             row.append("-" if not c else f"{c['val_bpb']:.4f} {fmt_ci(c['bpb_ci'])}{gap}")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "domains.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
     plot_domains(cells, names, os.path.join(out_dir, "domains.png"))
     summary = {"domains": {d: {"summary": i["summary"], "boundary": i["boundary"], "wall_s": i["wall_s"],
                                "entropy_model": i["entropy_model"]} for d, i in infos.items()},
-               "budget": budget, "plots": ["domains.png"], "command": kw.get("command", "")}
-    write_report(os.path.join(out_dir, "domains.json"), summary)
-    return summary
-
-
-def plot_domains(cells: dict, names: list[str], path: str):
-    """Held-out BPB and the gap to BPE per run, one colour per domain, with 95% intervals."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 6.5))
-    for row, (key, ci, label) in enumerate((("val_bpb", "bpb_ci", "held-out bits per byte"),
-                                            ("diff_vs_bpe", "diff_ci", "minus BPE (bits per byte)"))):
-        ax = fig.add_subplot(2, 1, row + 1)
-        for k, (d, c) in enumerate(cells.items()):
-            pts = [(j, c[n]) for j, n in enumerate(names) if n in c and c[n][key] is not None]
-            if pts:
-                xs = [j + (k - (len(cells) - 1) / 2) * 0.8 / len(cells) for j, _ in pts]
-                ys = np.array([v[key] for _, v in pts])
-                err = np.abs(np.array([v[ci] for _, v in pts]).T - ys)
-                ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=f"C{k}", label=d)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, fontsize=8)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if row:
-            ax.axhline(0, color="k", lw=0.8)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+               "budget": budget, "plots": ["domains.png"], "command": command}
+    return write_results(out_dir, "domains", lines, summary)
 
 
 def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: list[float], other, runs,
@@ -762,8 +635,8 @@ def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: lis
     """Entropy models on the first F of the training bytes (each F, the same steps) and on `other`'s
     training documents; for each its held-out BPB on `data`, then one BLT run (the first entropy run of
     `runs`) at the first budget. Boundary enrichment is read under the model of the largest fraction."""
-    run = next((r for r in runs if parse_run(r).get("method") in ENTROPY_METHODS
-                and "ensemble" not in parse_run(r)), "blt-entropy-4.5")
+    run = next((r for r in runs if (spec := parse_run(r)).get("method") in ENTROPY_METHODS
+                and "ensemble" not in spec), "blt-entropy-4.5")
     study = dataclasses.replace(study, flops_budgets=str(study.budgets[0]), seeds=1)
     train_docs, val_docs = split_documents(load_corpus(data, study.max_bytes, text_field=text_field))
     total = sum(map(len, train_docs))
@@ -771,8 +644,7 @@ def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: lis
                for f in sorted(fractions)]
     if other:
         sources.append((f"{other} (other domain)", split_documents(load_corpus(other, study.max_bytes))[0]))
-    steps = {"max_steps": study.entropy_steps} if study.entropy_steps else {}
-    ecfg = entropy_llm.build_config(study.entropy_preset, quick_demo=quick_demo, seed=study.seed, **steps)
+    ecfg = entropy_config(study, quick_demo, study.seed)
     paths = [os.path.join(out_dir, f"entropy-{slug(label)}.pth") for label, _ in sources]
     refuse_existing(paths, overwrite)
     os.makedirs(out_dir, exist_ok=True)
@@ -784,12 +656,11 @@ def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: lis
                      "entropy_val_bpb": erep["val_bpb"]})
     reference = load_entropy_model(paths[len(fractions) - 1], pick_device(device))
     for row, (label, _) in zip(rows, sources):
-        info = run_study(study, data, os.path.join(out_dir, slug(label)), row["checkpoint"], runs=[run],
-                         device=device, overwrite=overwrite, text_field=text_field, reference=reference,
-                         command=command)
-        r = info["runs"][0]
-        keys = ("val_bpb", "bpb_ci", "entropy_threshold", "mean_patch_size", "boundary")
-        row.update(run=run, **{k: r[k] for k in keys})
+        r = run_study(study, data, os.path.join(out_dir, slug(label)), row["checkpoint"], runs=[run],
+                      device=device, overwrite=overwrite, text_field=text_field, reference=reference,
+                      command=command)["runs"][0]
+        row.update(run=run, **{k: r[k] for k in ("val_bpb", "bpb_ci", "entropy_threshold", "mean_patch_size",
+                                                 "boundary")})
     lines = [f"# The entropy model's data: {data}, {run} at {study.budgets[0]:.3g} training FLOPs", "",
              f"`{command}`", "", f"Entropy models: {ecfg.d_model} x {ecfg.n_layers}, {ecfg.max_steps} "
              "steps each; held-out BPB on this corpus's held-out documents. Enrichment under the model of "
@@ -803,11 +674,8 @@ def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: lis
                      f"{r['entropy_threshold']:.3f} | {r['mean_patch_size']:.2f} | {b['patch_size_cv']:.2f} "
                      f"| {num(b['word_boundary_fraction'])} | {num(b['boundary_enrichment'])} | "
                      f"{r['val_bpb']:.4f} {fmt_ci(r['bpb_ci'])} |")
-    with open(os.path.join(out_dir, "entropy_data.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
     info = {"entropy_data": rows, "run": run, "budget": study.budgets[0], "command": command, "plots": []}
-    write_report(os.path.join(out_dir, "entropy_data.json"), info)
-    return info
+    return write_results(out_dir, "entropy_data", lines, info)
 
 
 OTHER_DOMAIN = {"builtin:code": "builtin:prose", "builtin:prose": "builtin:code"}
@@ -820,10 +688,8 @@ def main(argv=None):
     p.add_argument("--text_field", default=None, help="text column of a datasets source (default: text)")
     p.add_argument("--out", default="runs/study", help="folder for every model the study trains, "
                    "results.md/json and plots (default: runs/study)")
-    p.add_argument("--quick_demo", action="store_true",
-                   help=f"{QUICK_DEMO['max_bytes']:,} bytes, one budget ({QUICK_DEMO['flops_budgets']}), "
-                        "runs "
-                        f"{','.join(QUICK_RUNS)}: ~11 min on a 2-core CPU")
+    p.add_argument("--quick_demo", action="store_true", help=f"{QUICK_DEMO['max_bytes']:,} bytes, one budget "
+                   f"({QUICK_DEMO['flops_budgets']}), runs {','.join(QUICK_RUNS)}: ~11 min on a 2-core CPU")
     p.add_argument("--train_entropy", action="store_true",
                    help="train the entropy model on the training documents, into OUT/entropy_model.pth")
     p.add_argument("--entropy_model_path", default=None,
@@ -835,10 +701,12 @@ def main(argv=None):
                    f"(default: {','.join(RUN_NAMES)})")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
     p.add_argument("--report", default=None, help="also write results.json's content here")
-    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), and "
-                   "one table of runs by domains")
-    p.add_argument("--entropy_data_fraction", help="comma-separated fractions of the training bytes, e.g. "
-                   "0.01,0.1,1.0: the entropy model's data study instead of the runs")
+    p.add_argument("--domains", help="comma-separated --data values: the study on each (OUT/<domain>), then "
+                   "one table of runs by domains: BPB and its gap to BPE (domains.md, .json, .png)")
+    p.add_argument("--entropy_data_fraction", help="comma-separated fractions F of the training bytes, e.g. "
+                   "0.01,0.1,1.0, instead of the runs: entropy models (same steps) on the first F and one on "
+                   "--entropy_other_data; for each its held-out BPB, patch statistics and the BLT's held-out "
+                   "BPB at the first budget (OUT/entropy_data.md and .json)")
     p.add_argument("--entropy_other_data", help="that study's other-domain corpus (default: the other of "
                    "builtin:code and builtin:prose)")
     add_config_args(p, StudyConfig, aliases={"flops_budgets": ("flops_budget",)})

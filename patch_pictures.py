@@ -15,6 +15,7 @@ the patcher; matplotlib is imported only by the plot functions. WORD_BYTE, the w
 from __future__ import annotations
 
 import html
+import os
 
 import numpy as np
 
@@ -294,3 +295,109 @@ def format_analysis(result: dict) -> str:
     lines += [row(f"{m}: {a} -> {b}", [by_size[s][a][b] for s in sizes])
               for m, by_size in result["transfer"].items() for a in domains for b in domains]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The study's figures (complete_entropy_workflow.py): BPB and the gap to BPE with their intervals, patch
+# sizes, boundary quality as a table
+
+
+def plot_study(summary: list[dict], lengths: dict, out_dir: str, paragraph=None) -> list[str]:
+    """BPB against training FLOPs, the gap to BPE against budget, the patch sizes of each BLT run (lengths:
+    run name -> its training documents' patch lengths) and a held-out paragraph (data, H, lengths,
+    threshold); the paths written."""
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(s["name"] for s in summary))
+    paths = []
+    for key, ci, x, fname in (("val_bpb", "bpb_ci", "train_flops", "bpb_vs_flops.png"),
+                              ("diff_vs_bpe", "diff_ci", "budget", "gap_vs_budget.png")):
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.add_subplot()
+        for k, name in enumerate(names):
+            pts = sorted((s for s in summary if s["name"] == name and s[key] is not None),
+                         key=lambda s: s["budget"])
+            if pts:
+                ys = np.array([s[key] for s in pts])
+                err = np.abs(np.array([s[ci] for s in pts]).T - ys)
+                ax.errorbar([s[x] for s in pts], ys, yerr=err, marker="o", capsize=3, label=name,
+                            color=f"C{k}")
+        ax.set_xscale("log")
+        if key == "val_bpb":
+            ax.set(xlabel="training FLOPs per run", ylabel="held-out bits per byte",
+                   title="Held-out BPB against training compute (95% CI)")
+        else:
+            ax.set(xlabel="training budget (FLOPs)", ylabel="BPB minus BPE's (bits per byte)",
+                   title="Gap to the BPE baseline (paired 95% CI; below 0: better than BPE)")
+            ax.axhline(0, color="k", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(save_figure(fig, os.path.join(out_dir, fname)))
+    if lengths:
+        fig = Figure(figsize=(3.2 * len(lengths), 3))
+        for k, (name, doc_lengths) in enumerate(lengths.items()):
+            ax = fig.add_subplot(1, len(lengths), k + 1)
+            sizes = np.concatenate(doc_lengths)
+            ax.hist(sizes, bins=np.arange(1, min(int(sizes.max()), 40) + 2) - 0.5, color=f"C{k}")
+            ax.set_title(f"{name}\nmean {sizes.mean():.2f}", fontsize=9)
+            ax.set_xlabel("patch size (bytes)")
+        paths.append(save_figure(fig, os.path.join(out_dir, "patch_sizes.png")))
+    if paragraph is not None:
+        paths.append(os.path.join(out_dir, "entropy_patches.png"))
+        plot_entropies(*paragraph, paths[-1], title="held-out paragraph: entropy and patches")
+    return paths
+
+
+def plot_domains(cells: dict, names: list[str], path: str):
+    """Held-out BPB and the gap to BPE per run (cells: domain -> run name -> its summary), one colour per
+    domain, with 95% intervals."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2), 6.5))
+    for row, (key, ci, label) in enumerate((("val_bpb", "bpb_ci", "held-out bits per byte"),
+                                            ("diff_vs_bpe", "diff_ci", "minus BPE (bits per byte)"))):
+        ax = fig.add_subplot(2, 1, row + 1)
+        for k, (d, c) in enumerate(cells.items()):
+            pts = [(j, c[n]) for j, n in enumerate(names) if n in c and c[n][key] is not None]
+            if pts:
+                xs = [j + (k - (len(cells) - 1) / 2) * 0.8 / len(cells) for j, _ in pts]
+                ys = np.array([v[key] for _, v in pts])
+                err = np.abs(np.array([v[ci] for _, v in pts]).T - ys)
+                ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=f"C{k}", label=d)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if row:
+            ax.axhline(0, color="k", lw=0.8)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def num(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def boundary_markdown(boundary: dict, reference) -> list[str]:
+    """boundary_quality of each run (run name -> its figures) as a markdown section; reference: the byte
+    model enrichment was measured under (None: none)."""
+    if not boundary:
+        return []
+    lines = ["", "## Boundary quality (held-out documents)", "",
+             f"Enrichment: mean surprisal of patch-start bytes over that of the other bytes, under "
+             f"{reference or 'no reference model (no entropy model in this study)'}; a document's first "
+             "byte is left out. Word boundaries: starts that cut no word (chance: the share of all bytes).",
+             "",
+             "| run | mean patch | median | CV | starts on word boundaries (chance) | enrichment |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, b in boundary.items():
+        lines.append(f"| {name} | {b['mean_patch_size']:.2f} | {b['median_patch_size']:.1f} | "
+                     f"{b['patch_size_cv']:.2f} | {num(b['word_boundary_fraction'])} "
+                     f"({num(b['word_boundary_base_rate'])}) | {num(b['boundary_enrichment'])} |")
+    return lines
