@@ -119,7 +119,8 @@ def builtin_documents() -> Iterator[bytes]:
 
 
 def _parse(source: str) -> ast.Module | None:
-    with warnings.catch_warnings(action="ignore"):  # invalid escapes in old test files: not our concern
+    with warnings.catch_warnings():  # invalid escapes in old test files: not our concern
+        warnings.simplefilter("ignore")
         try:
             return ast.parse(source)
         except (SyntaxError, ValueError):
@@ -644,8 +645,9 @@ class MappedCorpus(Sequence):
 def entropy_file(folder: str, fingerprint: str) -> str:
     """Where a prepared corpus keeps the entropies (entropy_llm.py --precompute) of the model with this
     fingerprint (model_fingerprint): float16, one per byte, laid out as bytes.bin (the same offsets); its
-    .json is written last, when every chunk is in."""
-    return os.path.join(folder, f"entropies-{fingerprint[:16]}.f16")
+    .json is written last, when every chunk is in. v2: the sliding-window layout of common.window_layout
+    (values differ from v1's in the last bits), so a v1 file is neither read nor resumed."""
+    return os.path.join(folder, f"entropies-v2-{fingerprint[:16]}.f16")
 
 
 class MappedEntropies(Sequence):

@@ -622,11 +622,12 @@ def run_domains(domains: list[str], out_dir: str, train_entropy: bool, entropy_m
             row.append("-" if not c else f"{c['val_bpb']:.4f} {fmt_ci(c['bpb_ci'])}{gap}")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     os.makedirs(out_dir, exist_ok=True)
-    plot_domains(cells, names, os.path.join(out_dir, "domains.png"))
     summary = {"domains": {d: {"summary": i["summary"], "boundary": i["boundary"], "wall_s": i["wall_s"],
                                "entropy_model": i["entropy_model"]} for d, i in infos.items()},
                "budget": budget, "plots": ["domains.png"], "command": command}
-    return write_results(out_dir, "domains", lines, summary)
+    write_results(out_dir, "domains", lines, summary)  # the tables first: a failed plot loses no figure
+    plot_domains(cells, names, os.path.join(out_dir, "domains.png"))
+    return summary
 
 
 def run_entropy_data(study: StudyConfig, data: str, out_dir: str, fractions: list[float], other, runs,
