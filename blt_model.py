@@ -64,6 +64,7 @@ HASH_BASE = 1_000_003
 HASH_MOD = 2**31 - 1  # Mersenne prime
 HASH_PAD = 256
 DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-attention key range
+GATHER_MAX_RATIO = 2  # encoder patch states: gather patches while P x (longest patch) <= this x T bytes
 
 
 @dataclass
@@ -296,12 +297,16 @@ class LocalEncoder(nn.Module):
         return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
     def patch_states(self, h, patch_lengths):
-        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. Each patch's bytes
-        are gathered into L slots (L = the longest patch), so pooling and the cross-attention cost P x L per
-        row, not the P x T of a masked dense product."""
+        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. Two exact ways,
+        chosen per batch by cost: gather each patch's bytes into L slots (L = the longest patch: P x L per
+        row), or mask every patch query over all T bytes (P x T, masked_patch_states). Gathering is faster
+        while P x L <= GATHER_MAX_RATIO x T (even patches, as static ones); one long patch makes L large,
+        and then the masked product is (entropy and space patches; measured in bench/README.md)."""
         B, T, C = h.shape
         P, K, H = patch_lengths.size(1), self.K, self.cross.n_heads
         L = max(int(patch_lengths.max()), 1) if P else 1  # the one host sync: the longest patch
+        if P * L > GATHER_MAX_RATIO * T:
+            return self.masked_patch_states(h, patch_lengths)
         offset = torch.arange(L, device=h.device)
         valid = offset < patch_lengths.unsqueeze(-1)  # (B, P, L): slot l holds a byte of the patch
         pos = ((patch_lengths.cumsum(1) - patch_lengths).unsqueeze(-1) + offset).clamp(max=T - 1)  # (B, P, L)
@@ -317,6 +322,22 @@ class LocalEncoder(nn.Module):
         mask = (valid | (offset == 0)).view(B * P, 1, 1, L)  # an empty patch reads slot 0 (zeroed below)
         y = q + self.cross(q.view(B * P, K, C), kv=(k, v), mask=mask).view(B, P, K, C)  # (B, P, K, C)
         return y.masked_fill(empty.view(B, P, 1, 1), 0.0).view(B, P, K * C)  # (B, P, K*C)
+
+    def masked_patch_states(self, h, patch_lengths):
+        """patch_states as one masked product over all T bytes: query k of patch p sees p's bytes only."""
+        B, T, C = h.shape
+        P, K = patch_lengths.size(1), self.K
+        t = torch.arange(T, device=h.device).expand(B, T).contiguous()
+        ids = torch.searchsorted(patch_lengths.cumsum(1), t, right=True)  # (B, T) a byte's patch; P: past all
+        pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
+            1, ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False)[:, :P]  # (B, P, C)
+        q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
+        q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
+        mask = q_patch.view(1, -1, 1) == ids.unsqueeze(1)  # (B, P*K, T)
+        empty = (patch_lengths == 0).repeat_interleave(K, dim=1)  # (B, P*K)
+        mask[..., 0] |= empty  # an empty patch's row may not be all False (NaN); its output is zeroed below
+        y = q + self.cross(q, h, mask=mask.unsqueeze(1))  # (B, P*K, C)
+        return y.masked_fill(empty.unsqueeze(-1), 0.0).view(B, P, K * C)  # (B, P, K*C)
 
 
 class GlobalTransformer(nn.Module):
