@@ -420,14 +420,14 @@ class CausalLM(CarriesConfig, nn.Module):
     def forward(self, idx, targets=None):
         B, T = idx.shape
         x = torch.cat([self._start(B), self.embed(idx[:, :-1])], dim=1)  # (B, T, C): shifted right
-        if self.window:  # every row starts a document; padded to whole chunks, padding dropped
+        if self.window and T > self.window:  # every row starts a document; whole chunks, padding dropped
             pad = -T % self.chunk
             x = F.pad(x, (0, 0, 0, pad))  # (B, T + pad, C)
             S = x.size(1) // self.chunk
             j = torch.arange(self.back + 1, device=x.device)
             ok = torch.arange(S, device=x.device).view(S, 1) - self.back + j >= 0  # (S, back+1): chunks >= 0
             x = self.window_blocks(x, ok)[0][:, :T]
-        else:
+        else:  # no row longer than the window: plain causal attention is the window (a faster kernel)
             x = run_blocks(self.blocks, x, *self.rotary(0, T))
         logits = self.head(self.norm(x))  # (B, T, V)
         loss = None

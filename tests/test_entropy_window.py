@@ -95,6 +95,20 @@ def test_training_forward_is_the_same_computation():
     assert np.array_equal(entropy_of(logits)[1][0].numpy(), compute_entropies(m, data))
 
 
+def test_rows_within_the_window_train_with_plain_causal_attention_and_the_same_values(monkeypatch):
+    """A row of W-1 bytes (the default training row) never slides the window: forward takes the plain
+    causal kernel, and its entropies equal the one-pass window computation's to float rounding."""
+    m, data = model_of(), text(W - 1, seed=4)
+    assert EntropyConfig(max_seq_len=W).train_row_len == W - 1
+    want = compute_entropies(m, data)
+    calls = []
+    monkeypatch.setattr(m, "window_blocks", lambda *a, **k: calls.append(1))  # would break forward
+    with torch.inference_mode():
+        logits, _ = m(torch.tensor([list(data)]))
+    assert not calls
+    np.testing.assert_allclose(entropy_of(logits)[1][0].numpy(), want, rtol=0, atol=1e-5)
+
+
 def test_stream_equals_batch_bitwise_and_patches_alike_at_the_threshold():
     m, data = model_of(), text(400, seed=4)
     H = compute_entropies(m, data)
