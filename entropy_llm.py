@@ -92,7 +92,7 @@ class EntropyConfig(TrainFields):
     sliding_window: bool = True  # False: full attention in fixed windows of W (checkpoints from before)
     row_len: int = 0  # bytes per training row (0 = W-1: each sees its whole row); longer: the window slides
     # one window per row: at equal bytes per step, rows of 2W and 4W (fewer, longer rows) ended 0.08 and
-    # 0.22 held-out BPB worse at the quick scale, one window per row as good as full attention (README)
+    # 0.22 held-out BPB worse at the quick scale, one window as good as full attention (docs/research)
     batch_size: int = 32  # rows of train_row_len bytes per optimizer step (global, over all processes)
 
     def __post_init__(self):
