@@ -466,49 +466,77 @@ class BLTModel(CarriesConfig, nn.Module):
     def flops_per_byte(self, mean_patch_size: float, seq_len: int | None = None) -> float:
         return flops_per_byte(self.config, mean_patch_size, seq_len)
 
-    # --- generation (gpt-fast's shape: prefill, then one byte per decode_one)
+    # --- generation (gpt-fast's shape: prefill, then one byte per row per decode_step)
 
     @torch.inference_mode()
     def generate(self, prompt: bytes | list[bytes], max_new_bytes: int, patcher=None,
                  temperature: float = 1.0, top_k: int | None = None, use_cache: bool = True,
-                 seed: int | None = None) -> bytes:
-        """Sample max_new_bytes bytes after `prompt` and return them (a list of prompts: a list of outputs).
+                 seed: int | None = None, batch_size: int = 16) -> bytes | list[bytes]:
+        """Sample max_new_bytes bytes after `prompt` and return them.
 
-        `patcher` (an entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte
-        is known, whether it starts a patch, by the causal rule used for training; None: self.patcher (the
-        checkpoint loader sets it to the patching the model was trained with). use_cache=True keeps KV
-        caches in every stack (the stream keeps its own) and steps the global model once per closed patch;
-        use_cache=False reruns a fresh stream and the whole BLT on the growing sequence. temperature=0 is
-        greedy; both paths then give the same bytes.
+        A list of prompts gives a list of outputs, decoded together batch_size rows at a time (prompts of
+        any lengths; each row has its own patches); prompt i samples with seed + i, so its output is the
+        one it gets alone, up to float rounding of the batched products. `patcher` (an
+        entropy_patcher.EntropyPatcher, or anything with .stream()) decides, before each byte is known,
+        whether it starts a patch, by the causal rule used for training; None: self.patcher (the checkpoint
+        loader sets it to the patching the model was trained with). use_cache=True keeps KV caches in every
+        stack (each row's stream keeps its own) and steps the global model when a row closes a patch;
+        use_cache=False reruns a fresh stream and the whole BLT on the growing sequence, one prompt at a
+        time. temperature=0 is greedy; both paths then give the same bytes.
         """
         if max_new_bytes < 0:
             raise ValueError("max_new_bytes must be non-negative")
         if temperature < 0:
             raise ValueError("temperature must be non-negative")
-        if isinstance(prompt, (list, tuple)):  # one after another, own stream and caches; prompt i: seed + i
-            return [self.generate(p, max_new_bytes, patcher, temperature, top_k, use_cache,
-                                  None if seed is None else seed + i) for i, p in enumerate(prompt)]
-        if isinstance(prompt, str):
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        single = not isinstance(prompt, (list, tuple))
+        prompts = [prompt] if single else list(prompt)
+        if any(isinstance(p, str) for p in prompts):
             raise TypeError("prompt must be bytes (encode text first, e.g. text.encode('utf-8'))")
+        prompts = [bytes(p) for p in prompts]
         patcher = patcher if patcher is not None else self.patcher
         if patcher is None:
             raise ValueError("generate() needs the patching the model was trained with: pass patcher=... (an "
                              "EntropyPatcher), or load the model with its checkpoint's patcher")
-        prompt = bytes(prompt)
-        gen = None if seed is None else torch.Generator(device=self._device()).manual_seed(seed)
+        gens = [None if seed is None else torch.Generator(device=self._device()).manual_seed(seed + i)
+                for i in range(len(prompts))]
         was_training = self.training
         self.eval()
         try:
-            state = self.prefill(prompt, patcher.stream(), max_new_bytes) if use_cache else None
-            out = bytearray()
-            for i in range(max_new_bytes):
-                logits = state.logits if use_cache else self._uncached_logits(prompt + out, patcher)
-                out.append(sample(logits, temperature, top_k, gen))
-                if use_cache and i + 1 < max_new_bytes:
-                    self.decode_one(state, out[-1])
-            return bytes(out)
+            outs = []
+            for a in range(0, len(prompts), batch_size):
+                rows, row_gens = prompts[a:a + batch_size], gens[a:a + batch_size]
+                if use_cache:
+                    outs += self._generate_cached(rows, max_new_bytes, patcher, temperature, top_k, row_gens)
+                else:
+                    outs += [self._generate_rerun(p, max_new_bytes, patcher, temperature, top_k, g)
+                             for p, g in zip(rows, row_gens)]
+            return outs[0] if single else outs
         finally:
             self.train(was_training)
+
+    def _generate_cached(self, prompts: list[bytes], n: int, patcher, temperature, top_k,
+                         gens) -> list[bytes]:
+        states = [self.prefill(p, patcher.stream(), n) for p in prompts]
+        state = states[0] if len(states) == 1 else self._stack_states(states, n)
+        outs = [bytearray() for _ in prompts]
+        for i in range(n):
+            if temperature == 0:  # one host sync for every row
+                new = state.logits.argmax(-1).tolist()
+            else:
+                new = [sample(logits, temperature, top_k, g) for logits, g in zip(state.logits, gens)]
+            for out, byte in zip(outs, new):
+                out.append(byte)
+            if i + 1 < n:
+                self.decode_step(state, new)
+        return [bytes(out) for out in outs]
+
+    def _generate_rerun(self, prompt: bytes, n: int, patcher, temperature, top_k, gen) -> bytes:
+        out = bytearray()
+        for _ in range(n):
+            out.append(sample(self._uncached_logits(prompt + out, patcher), temperature, top_k, gen))
+        return bytes(out)
 
     def _device(self):
         return self.decoder.head.weight.device
@@ -521,24 +549,20 @@ class BLTModel(CarriesConfig, nn.Module):
         return self(torch.tensor([list(probe)], device=dev), lengths)[0][0, -1]  # (V,)
 
     def prefill(self, prompt: bytes, stream, max_new_bytes: int = 0) -> GenerationState:
-        """Run the prompt through every stack with fresh caches; state.logits predicts the byte after it.
-        stream: the patcher's stream (prefill / next_starts_patch / push) for this sequence. The global
-        model runs over the prompt's closed patches, the decoder over positions 0..n (input n reads byte
-        n-1), each seeing the start and the closed patches before its own."""
+        """Run one prompt through every stack with fresh caches (a state of one row); state.logits[0]
+        predicts the byte after it. stream: the patcher's stream (prefill / next_starts_patch / push) for
+        this sequence. The global model runs over the prompt's closed patches, the decoder over positions
+        0..n (input n reads byte n-1), each seeing the start and the closed patches before its own."""
         cfg, dev, dt = self.config, self._device(), self.decoder.head.weight.dtype
         enc, dec, n, K = self.encoder, self.decoder, len(prompt), cfg.cross_attn_k
         cap = n + max_new_bytes + 1
-
-        def caches(stack: str, length: int):  # one KVCache per layer of the encoder, global or decoder stack
-            layers, heads, dim = (getattr(cfg, f"{stack}_{f}") for f in ("layers", "heads", "dim"))
-            return [KVCache(1, heads, dim // heads, length, dev, dt) for _ in range(layers)]
-
         state = GenerationState(
-            stream=stream, seq=bytearray(prompt), patch_start=0,
+            streams=[stream], seqs=[bytearray(prompt)], shift=[0], patch_start=[0], patches=[0],
             h=torch.zeros(1, cap, cfg.encoder_dim, device=dev, dtype=dt),
-            enc_caches=caches("encoder", cap), global_caches=caches("global", cap),
-            dec_caches=caches("decoder", cap), cross_caches=caches("decoder", K * (cap + 1)),
-            cross_kv=[], logits=None)
+            enc_caches=self._caches("encoder", 1, cap), global_caches=self._caches("global", 1, cap),
+            dec_caches=self._caches("decoder", 1, cap),
+            cross_caches=self._caches("decoder", 1, K * (cap + 1)),
+            logits=None)
         self._add_patch_keys(state, dec.start_keys(1))
         starts = stream.prefill(prompt) + [stream.next_starts_patch()]  # positions 0..n
         if n:
@@ -547,60 +571,205 @@ class BLTModel(CarriesConfig, nn.Module):
         cut = [i for i in range(n + 1) if starts[i]]  # positions that start a patch
         closed = [b - a for a, b in zip(cut, cut[1:])]
         if closed:
-            self._close_patches(state, closed)
-        state.patch_start = cut[-1]  # the open patch (position n when n starts one)
+            p = enc.patch_states(state.h[:, :cut[-1]], torch.tensor([closed], device=dev))  # (1, m, K*C)
+            self._add_patch_keys(state, dec.patch_keys(self.global_model(p, caches=state.global_caches)))
+        state.patch_start, state.patches = [cut[-1]], [len(closed)]  # the open patch (n when n starts one)
         ids = torch.tensor(starts, device=dev).long().cumsum(0) - 1  # (n+1,) patch id of each position
         key_patch = torch.arange(len(closed) + 1, device=dev).repeat_interleave(K)  # (S,)
         mask = key_patch.view(1, -1) <= ids.view(-1, 1)  # (n+1, S)
+        cross_kv = [(c.k[:, :, :c.len], c.v[:, :, :c.len]) for c in state.cross_caches]
         x = dec.inputs(state.h[:, :n])  # (1, n+1, C)
-        logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=state.cross_kv)  # (1, n+1, V)
-        state.logits = logits[0, -1]  # (V,)
+        state.logits = dec(x, cross_mask=mask, caches=state.dec_caches, cross_kv=cross_kv)[:, -1]  # (1, V)
         return state
 
-    def decode_one(self, state: GenerationState, byte: int):
-        """Feed the byte just sampled at position i; state.logits then predicts byte i+1."""
-        cfg, dev, enc, dec = self.config, self._device(), self.encoder, self.decoder
-        i = len(state.seq)
-        state.seq.append(byte)
-        state.stream.push(byte)
-        hash_ids = last_ngram_hash_ids(state.seq, cfg.ngram_sizes, cfg.hash_table_size)
-        hash_ids = torch.tensor(hash_ids, device=dev)  # (n_sizes,)
-        x = enc.embed(torch.tensor([[byte]], device=dev), hash_ids.view(-1, 1, 1))  # (1, 1, C)
-        state.h[:, i:i + 1] = enc.byte_states(x, state.enc_caches)
-        if state.stream.next_starts_patch():  # byte i+1 opens a patch: close [patch_start, i+1)
-            self._close_patches(state, [i + 1 - state.patch_start])
-            state.patch_start = i + 1
-        x = dec.inputs(state.h[:, i:i + 1], first=False)  # (1, 1, C): position i+1 reads byte i
-        state.logits = dec(x, caches=state.dec_caches, cross_kv=state.cross_kv)[0, -1]  # (V,)
-
-    def _close_patches(self, state: GenerationState, lengths: list[int]):
-        """Bytes patch_start.. in patches of these lengths: pool, step the global model, add their keys."""
-        L = torch.tensor([lengths], device=self._device())  # (1, m)
-        h = state.h[:, state.patch_start:state.patch_start + sum(lengths)]  # (1, t, C)
-        p = self.encoder.patch_states(h, L)  # (1, m, K*C)
-        g = self.global_model(p, caches=state.global_caches)  # (1, m, D)
-        self._add_patch_keys(state, self.decoder.patch_keys(g))
+    def _caches(self, stack: str, rows: int, length: int) -> list[KVCache]:
+        """One KVCache per layer of the encoder, global or decoder stack."""
+        layers, heads, dim = (getattr(self.config, f"{stack}_{f}") for f in ("layers", "heads", "dim"))
+        dev, dt = self._device(), self.decoder.head.weight.dtype
+        return [KVCache(rows, heads, dim // heads, length, dev, dt) for _ in range(layers)]
 
     def _add_patch_keys(self, state: GenerationState, src):
         """(1, m*K, C) keys of m patches -> appended to every decoder layer's cross-attention cache."""
-        pairs = zip(state.cross_caches, self.decoder.cross)
-        state.cross_kv = [cache.append(*cross.project_kv(src)) for cache, cross in pairs]
+        for cache, cross in zip(state.cross_caches, self.decoder.cross):
+            cache.append(*cross.project_kv(src))
+
+    def _stack_states(self, states: list[GenerationState], max_new_bytes: int) -> GenerationState:
+        """One state of B rows from B prefilled one-row states. Rows end together: row b's byte j sits at
+        slot j + shift[b] of h and the byte-level caches, so every step writes one slot for all rows and
+        only the slots before a short prompt's start are masked; patch-level caches keep each row's own
+        count (state.patches)."""
+        K, B = self.config.cross_attn_k, len(states)
+        n = [len(s.seqs[0]) for s in states]
+        N, P = max(n), max(s.patches[0] for s in states) + max_new_bytes + 1  # slots, patches per row
+        cap = N + max_new_bytes + 1
+        shift = [N - m for m in n]
+        h = states[0].h.new_zeros(B, cap, states[0].h.size(2))
+        out = GenerationState(
+            streams=[s.streams[0] for s in states], seqs=[s.seqs[0] for s in states], shift=shift,
+            patch_start=[s.patch_start[0] + d for s, d in zip(states, shift)],
+            patches=[s.patches[0] for s in states], h=h,
+            enc_caches=self._caches("encoder", B, cap), global_caches=self._caches("global", B, P),
+            dec_caches=self._caches("decoder", B, cap),
+            cross_caches=self._caches("decoder", B, K * (P + 1)),
+            logits=torch.cat([s.logits for s in states]))
+        for b, (s, d) in enumerate(zip(states, shift)):
+            h[b, d:d + n[b]] = s.h[0, :n[b]]
+            pairs = ((out.enc_caches, s.enc_caches, d), (out.dec_caches, s.dec_caches, d),
+                     (out.global_caches, s.global_caches, 0), (out.cross_caches, s.cross_caches, 0))
+            for dsts, srcs, offset in pairs:
+                for dst, src in zip(dsts, srcs):
+                    dst.k[b, :, offset:offset + src.len] = src.k[0, :, :src.len]
+                    dst.v[b, :, offset:offset + src.len] = src.v[0, :, :src.len]
+        for c in out.enc_caches:
+            c.len = N
+        for c in out.dec_caches:
+            c.len = N + 1
+        return out
+
+    def decode_step(self, state: GenerationState, new: list[int]):
+        """Feed the byte each row just sampled (all at slot s); state.logits then predicts the next ones.
+        The same arithmetic as the forward pass's layers, written out for one position per row (fewer ops
+        per byte: generation at batch 1 is bound by per-op costs, not FLOPs)."""
+        cfg, dev, enc, dec = self.config, self._device(), self.encoder, self.decoder
+        s = len(state.seqs[0]) + state.shift[0]
+        ids = []
+        for seq, stream, byte in zip(state.seqs, state.streams, new):
+            seq.append(byte)
+            stream.push(byte)
+            ids.append(last_ngram_hash_ids(seq, cfg.ngram_sizes, cfg.hash_table_size))
+        B = len(new)
+        hash_ids = torch.tensor(ids, device=dev).T.reshape(-1, B, 1)  # (n_sizes, B, 1)
+        x = enc.embed(torch.tensor(new, device=dev).view(B, 1), hash_ids)  # (B, 1, C)
+        x = self._local_step(enc, x, state.enc_caches, s, state.shift)  # encoder state of byte s
+        state.h[:, s:s + 1] = x
+        closing = [stream.next_starts_patch() for stream in state.streams]
+        if any(closing):
+            self._close_step(state, s, closing)
+        x = dec.inputs(x, first=False)  # (B, 1, C): decoder slot s+1 reads byte s
+        counts = [cfg.cross_attn_k * (p + 1) for p in state.patches]  # cross-attention keys of each row
+        S = max(counts)
+        mask = None if min(counts) == S else (torch.arange(S, device=dev) < torch.tensor(counts, device=dev)
+                                              .view(B, 1)).view(B, 1, 1, S)
+        rot = rows_rotary(dec.rotary, [s + 1 - d for d in state.shift])
+        self_mask = self._local_mask(s + 1, state.shift)
+        for cross, c, block, cache in zip(dec.cross, state.cross_caches, dec.blocks, state.dec_caches):
+            x = x + cross(x, mask=mask, kv=(c.k[:, :, :S], c.v[:, :, :S]))
+            x = _block_step(block, x, rot, cache, self_mask)
+        state.logits = dec.head(dec.norm(x))[:, -1]  # (B, V)
+
+    def _local_mask(self, slot: int, shift: list[int]):
+        """(B, 1, 1, k) of the k = min(slot+1, W) byte-level keys a query at `slot` reads (the window): False
+        on slots before a row's first byte; None if no row has such a slot in the window."""
+        lo = max(0, slot + 1 - self.config.local_window)
+        if max(shift) <= lo:
+            return None
+        slots = torch.arange(lo, slot + 1, device=self._device())
+        return (slots >= torch.tensor(shift, device=self._device()).view(-1, 1)).view(len(shift), 1, 1, -1)
+
+    def _local_step(self, stack, x, caches: list[KVCache], slot: int, shift: list[int]):
+        """x (B, 1, C) at `slot` through the windowed blocks of the encoder (caches hold slots < slot)."""
+        rot, mask = rows_rotary(stack.rotary, [slot - d for d in shift]), self._local_mask(slot, shift)
+        for block, cache in zip(stack.blocks, caches):
+            x = _block_step(block, x, rot, cache, mask)
+        return x
+
+    def _close_step(self, state: GenerationState, s: int, closing: list[bool]):
+        """Rows whose next byte opens a patch close their open patch (slots patch_start..s): pool it, step
+        the global model at the row's own patch count, add its keys. Every row is computed (one batched
+        product); a row that does not close writes at the slot its next patch will overwrite, and keeps
+        its counts."""
+        enc, dec, dev, B = self.encoder, self.decoder, self._device(), len(closing)
+        lengths = [s + 1 - start for start in state.patch_start]  # each row's open patch, ending at s
+        L = max(lengths)
+        hw = state.h[:, s + 1 - L:s + 1]  # (B, L, C)
+        valid = None if min(lengths) == L else (  # (B, L): the row's bytes are the last lengths[b] slots
+            torch.arange(L, device=dev) >= L - torch.tensor(lengths, device=dev).view(B, 1))
+        pooled = hw if valid is None else hw.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+        q = enc.pool_proj(pooled.amax(1)).view(B, enc.K, -1)  # (B, K, C): encoder.patch_states, one patch
+        p = (q + enc.cross(q, hw, mask=None if valid is None else valid.view(B, 1, 1, L))).view(B, 1, -1)
+        gm, P = self.global_model, state.patches
+        x = gm.in_proj(p)  # (B, 1, D)
+        mask = None if min(P) == max(P) else (torch.arange(max(P) + 1, device=dev)
+                                               <= torch.tensor(P, device=dev).view(B, 1)).view(B, 1, 1, -1)
+        rot = rows_rotary(gm.rotary, P)
+        for block, cache in zip(gm.blocks, state.global_caches):
+            x = _block_step(block, x, rot, cache, mask, slots=P)
+        keys = dec.patch_keys(gm.norm(x))  # (B, K, C)
+        for cross, cache in zip(dec.cross, state.cross_caches):
+            write_rows(cache, [self.config.cross_attn_k * (p + 1) for p in P], *cross.project_kv(keys))
+        for b, c in enumerate(closing):
+            if c:
+                state.patches[b] += 1
+                state.patch_start[b] = s + 1
+
+
+def rows_rotary(rotary: Rotary, pos: list[int]):
+    """cos2, sin2 (B or 1, 1, 1, 1, Dh) at one position per row, laid out for _rotate_step."""
+    cos, sin = rotary(0, max(pos) + 1)
+    if min(pos) == max(pos):
+        cos, sin = cos[pos[0]:pos[0] + 1], sin[pos[0]:pos[0] + 1]  # (1, Dh/2)
+    else:
+        idx = torch.tensor(pos, device=cos.device)
+        cos, sin = cos[idx], sin[idx]  # (B, Dh/2)
+    return torch.cat([cos, cos], -1)[:, None, None, None], torch.cat([-sin, sin], -1)[:, None, None, None]
+
+
+def write_rows(cache: KVCache, slots: list[int], k, v):
+    """k, v (B, H, t, Dh) written at slots[b].. of row b (one slice when every row writes at one slot)."""
+    t = k.size(2)
+    if min(slots) == max(slots):
+        cache.k[:, :, slots[0]:slots[0] + t] = k
+        cache.v[:, :, slots[0]:slots[0] + t] = v
+        return
+    rows = torch.arange(k.size(0), device=k.device).view(-1, 1)
+    cols = torch.tensor(slots, device=k.device).view(-1, 1) + torch.arange(t, device=k.device)  # (B, t)
+    cache.k[rows, :, cols] = k.transpose(1, 2)  # advanced indices first: (B, t, H, Dh)
+    cache.v[rows, :, cols] = v.transpose(1, 2)
+
+
+def _block_step(block: Block, x, rot, cache: KVCache, mask=None, slots: list[int] | None = None):
+    """Block.forward of one new position per row (x (B, 1, C)). slots None: the rows are aligned, the
+    position is appended to the cache and attends to the last mask.size(-1) (or the window's) keys
+    (LocalBlock) or to all (Block); slots: row b writes at slots[b] and reads keys 0..slots[b] (mask)."""
+    a, (B, _, C) = block.attn, x.shape
+    q, k, v = _rotate_step(a.qkv(block.attn_norm(x)).view(B, 1, 3, a.n_heads, a.head_dim), *rot)
+    if slots is None:
+        k, v = cache.append(k, v)  # (B, H, S, Dh)
+        window = getattr(a, "window", k.size(2))
+        k, v = k[:, :, -window:], v[:, :, -window:]
+    else:
+        write_rows(cache, slots, k, v)
+        k, v = cache.k[:, :, :max(slots) + 1], cache.v[:, :, :max(slots) + 1]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
+    x = x + a.proj(y.transpose(1, 2).reshape(B, 1, C))
+    return x + block.mlp(block.mlp_norm(x))
+
+
+def _rotate_step(qkv, cos2, sin2):
+    """(B, 1, 3, H, Dh) projections of one position -> q, k, v (B, H, 1, Dh), q and k rotated. Three ops
+    instead of common.apply_rotary's ten, the same bits: x*[cos, cos] + [x2, x1]*[-sin, sin] computes
+    x1*cos - x2*sin and x2*cos + x1*sin, the same roundings in another order of exact terms."""
+    qk = qkv[:, :, :2]  # (B, 1, 2, H, Dh)
+    qk = qk * cos2 + qk.roll(qk.size(-1) // 2, dims=-1) * sin2
+    return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
 
 @dataclass
 class GenerationState:
-    """What decode_one carries from byte to byte (batch 1; N bytes so far, P closed patches)."""
+    """What decode_step carries from byte to byte, for B rows (B = 1 after prefill; rows may differ in
+    prompt length and patches). Slot s of h and the byte-level caches holds byte s - shift[b] of row b."""
 
-    stream: object  # the patcher's stream: patch starts, with its own entropy-model cache
-    seq: bytearray  # (N,) every byte so far, prompt included
-    patch_start: int  # first byte of the open patch
-    h: torch.Tensor  # (1, capacity, C_enc) encoder states of bytes 0..N-1 (the rest unwritten)
-    enc_caches: list[KVCache]  # per encoder layer: keys/values (1, H, N, Dh)
-    global_caches: list[KVCache]  # per global layer: keys/values (1, H, P, Dh)
-    dec_caches: list[KVCache]  # per decoder layer: keys/values (1, H, N+1, Dh)
-    cross_caches: list[KVCache]  # per decoder layer: patch keys/values (1, H, (P+1)*K, Dh)
-    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]  # the filled part of cross_caches, (1, H, (P+1)*K, Dh)
-    logits: torch.Tensor | None  # (V,) the prediction of byte N
+    streams: list  # per row: the patcher's stream (patch starts, with its own entropy-model cache)
+    seqs: list[bytearray]  # per row: every byte so far, prompt included
+    shift: list[int]  # per row: how many slots its bytes sit to the right (the rows end together)
+    patch_start: list[int]  # per row: slot of the first byte of its open patch
+    patches: list[int]  # per row: closed patches P (global keys 0..P-1, cross keys 0..K*(P+1)-1)
+    h: torch.Tensor  # (B, capacity, C_enc) encoder states by slot (the rest unwritten)
+    enc_caches: list[KVCache]  # per encoder layer: keys/values (B, H, slots, Dh)
+    global_caches: list[KVCache]  # per global layer: keys/values (B, H, patches, Dh)
+    dec_caches: list[KVCache]  # per decoder layer: keys/values (B, H, slots + 1, Dh)
+    cross_caches: list[KVCache]  # per decoder layer: patch keys/values (B, H, K*(patches+1), Dh)
+    logits: torch.Tensor | None  # (B, V) the prediction of each row's next byte
 
 
 def sample(logits, temperature: float, top_k: int | None = None, gen=None) -> int:

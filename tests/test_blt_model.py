@@ -251,15 +251,26 @@ def test_greedy_generation_cached_equals_uncached(prompt, patcher):
         assert len(set(patcher.patch_lengths(prompt + cached).tolist())) > 2
 
 
-def test_generate_on_a_list_of_prompts_equals_one_at_a_time():
+@pytest.mark.parametrize("patching", ["space", "static", "entropy"])
+def test_generate_on_a_list_of_prompts_equals_one_at_a_time(patching):
+    """A list is decoded as one batch (rows of other lengths, patches closing at other steps, a window
+    rolling past the tiny preset's 16 bytes); each row gives what it gives alone, greedy and sampled."""
     m = spread(model(seed=3))
-    patcher = EntropyPatcher(None, PatchConfig(method="space", min_patch_size=1, max_patch_size=16))
-    prompts = [b"Hello, world. The", b"", b"def f(x):"]
+    em = entropy_model() if patching == "entropy" else None
+    config = {"space": PatchConfig(method="space", min_patch_size=1, max_patch_size=16),
+              "static": PatchConfig(method="static", patch_size=3),
+              "entropy": PatchConfig(method="global", entropy_threshold=float(np.median(compute_entropies(
+                  em, TEXT))) if em else None, min_patch_size=1, max_patch_size=8)}[patching]
+    patcher = EntropyPatcher(em, config)
+    prompts = [b"Hello, world. The", b"", b"def f(x):", b"abc"]
     outs = m.generate(prompts, 40, patcher=patcher, temperature=0)
     assert outs == [m.generate(p, 40, patcher=patcher, temperature=0) for p in prompts]
-    assert len(set(outs)) == 3
+    assert len(set(outs)) == 4
+    assert m.generate(prompts, 40, patcher=patcher, temperature=0, batch_size=3) == outs  # 3 + 1 rows
     sampled = m.generate(prompts, 20, patcher=patcher, seed=7)
     assert sampled == [m.generate(p, 20, patcher=patcher, seed=7 + i) for i, p in enumerate(prompts)]
+    with pytest.raises(ValueError, match="batch_size"):
+        m.generate(prompts, 5, patcher=patcher, batch_size=0)
 
 
 def test_generate_needs_a_patcher_and_uses_self_patcher():
