@@ -93,6 +93,8 @@ def main(argv=None):
                    help="time the reruns at the longest length in full, or probe and integrate (default)")
     p.add_argument("--probe", type=int, default=16, help="bytes per probe of the scaled rerun estimate")
     p.add_argument("--points", type=int, default=5, help="context lengths probed by the scaled estimate")
+    p.add_argument("--batch", type=int, default=None,
+                   help="prompts of a list timed batched against one at a time (default 8; quick 3; 1: skip)")
     p.add_argument("--no_hf", action="store_true", help="skip Hugging Face")
     args = p.parse_args(argv)
     bu.setup_threads(args)
@@ -101,8 +103,9 @@ def main(argv=None):
     short, long_ = min(lengths), max(lengths)
     rounds = args.rounds or (2 if args.quick else 3)
     probe = min(args.probe, short)
+    args.batch = args.batch or (3 if args.quick else 8)
 
-    text = b"".join(load_corpus("builtin", max_bytes=64 + long_ + 64))
+    text = b"".join(load_corpus("builtin", max_bytes=64 * max(args.batch, 1) + long_ + 64))
     prompt, filler = text[:64], text[64:64 + long_ + 64]
     cfg = BLTConfig.from_preset(preset, max_seq_len=max(BLTConfig.from_preset(preset).max_seq_len, 2048))
     torch.manual_seed(0)
@@ -174,6 +177,28 @@ def main(argv=None):
         res[str(short)]["scaling_check"] = {"ours_rerun_estimated_s": est["estimated_seconds"],
                                             "ours_rerun_measured_s": bu.median(times["ours_rerun"])}
 
+    # --- a list of prompts at the shorter length: one batch against one prompt after another
+    if args.batch > 1:
+        prompts = [text[64 * i:64 * i + 32 + 32 * i // args.batch] for i in range(args.batch)]  # 32-63 bytes
+        print(f"{args.batch} prompts x {short} new bytes: batched, one at a time, before (alternating):")
+
+        def batched(_):
+            return model.generate(prompts, short, patcher=patcher, temperature=0)
+        tb = bu.alternate({"ours_batched": batched,
+                           "ours_one_at_a_time": lambda _: [ours(True)(q, short) for q in prompts],
+                           "before_one_at_a_time": lambda _: [before_cached(q, short) for q in prompts]},
+                          rounds)
+        total = args.batch * short
+        r = {k: {"seconds": bu.summary(v), "bytes_per_s": total / bu.median(v), "method": "measured"}
+             for k, v in tb.items()}
+        r["prompts"] = args.batch
+        r["batched_over_one_at_a_time"] = bu.median(
+            [to / tb_ for tb_, to in zip(tb["ours_batched"], tb["ours_one_at_a_time"])])
+        r["batched_over_before"] = bu.median(
+            [to / tb_ for tb_, to in zip(tb["ours_batched"], tb["before_one_at_a_time"])])
+        r["outputs_match_one_at_a_time"] = batched(0) == [ours(True)(q, short) for q in prompts]
+        res["list"] = r
+
     # --- the longer length
     if long_ > short:
         r = {}
@@ -226,6 +251,10 @@ def main(argv=None):
     for n in map(str, sorted(set(lengths))):
         print(f"{n}: cached / rerun = {res[n]['cached_over_rerun']:.1f}x, "
               f"cached / before = {res[n]['ours_cached_over_before_cached']:.2f}x")
+    if "list" in res:
+        r = res["list"]
+        print(f"{args.batch} prompts x {short}: batched {r['ours_batched']['bytes_per_s']:.0f} B/s, "
+              f"{r['batched_over_one_at_a_time']:.2f}x one at a time, {r['batched_over_before']:.2f}x before")
     if hf is not None:
         hc = res[str(short)]["hf_cached"]
         print("hf generate(use_cache=True): "

@@ -36,5 +36,6 @@ def test_generate_quick(tmp_path):
     r = _run("generate", tmp_path)
     short = r["results"][str(min(r["config"]["lengths"]))]
     assert short["ours_outputs_match"]  # greedy: cached and rerun give the same bytes
+    assert r["results"]["list"]["outputs_match_one_at_a_time"]  # a batch of prompts of other lengths
     hc = short["hf_cached"]  # recorded as it happened: success, or the exception it raised
     assert hc["ok"] is True or (hc["ok"] is False and hc["error_type"])
