@@ -64,7 +64,6 @@ HASH_BASE = 1_000_003
 HASH_MOD = 2**31 - 1  # Mersenne prime
 HASH_PAD = 256
 DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-attention key range
-GATHER_MAX_RATIO = 2  # encoder patch states: gather patches while P x (longest patch) <= this x T bytes
 
 
 @dataclass
@@ -297,47 +296,29 @@ class LocalEncoder(nn.Module):
         return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
     def patch_states(self, h, patch_lengths):
-        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. Two exact ways,
-        chosen per batch by cost: gather each patch's bytes into L slots (L = the longest patch: P x L per
-        row), or mask every patch query over all T bytes (P x T, masked_patch_states). Gathering is faster
-        while P x L <= GATHER_MAX_RATIO x T (even patches, as static ones); one long patch makes L large,
-        and then the masked product is (entropy and space patches; measured in bench/README.md)."""
+        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. A patch's bytes are
+        one contiguous segment of its row, so pooling and the cross-attention's softmax are segment
+        reductions over the bytes in order (torch.segment_reduce): every byte is read once, whatever
+        the patch lengths, instead of a dense (P*K) x T masked product or P x (longest patch) slots."""
         B, T, C = h.shape
         P, K, H = patch_lengths.size(1), self.K, self.cross.n_heads
-        L = max(int(patch_lengths.max()), 1) if P else 1  # the one host sync: the longest patch
-        if P * L > GATHER_MAX_RATIO * T:
-            return self.masked_patch_states(h, patch_lengths)
-        offset = torch.arange(L, device=h.device)
-        valid = offset < patch_lengths.unsqueeze(-1)  # (B, P, L): slot l holds a byte of the patch
-        pos = ((patch_lengths.cumsum(1) - patch_lengths).unsqueeze(-1) + offset).clamp(max=T - 1)  # (B, P, L)
-        pos = pos.view(B, P * L, 1)
-        hp = h.gather(1, pos.expand(B, P * L, C)).view(B, P, L, C)  # (B, P, L, C) each patch's bytes
-        pooled = hp.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(2)  # (B, P, C) max-pool
-        empty = patch_lengths == 0  # (B, P)
-        pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
-        q = self.pool_proj(pooled).view(B, P, K, C)  # (B, P, K, C): K queries per patch
-        kv = self.cross.kv(self.cross.kv_norm(h))  # (B, T, 2C): keys and values of every byte, once
-        kv = kv.gather(1, pos.expand(B, P * L, 2 * C)).view(B, P, L, 2, H, C // H)  # (B, P, L, 2, H, Dh)
-        k, v = kv.permute(3, 0, 1, 4, 2, 5).reshape(2, B * P, H, L, C // H)  # 2x (B*P, H, L, Dh)
-        mask = (valid | (offset == 0)).view(B * P, 1, 1, L)  # an empty patch reads slot 0 (zeroed below)
-        y = q + self.cross(q.view(B * P, K, C), kv=(k, v), mask=mask).view(B, P, K, C)  # (B, P, K, C)
-        return y.masked_fill(empty.view(B, P, 1, 1), 0.0).view(B, P, K * C)  # (B, P, K*C)
-
-    def masked_patch_states(self, h, patch_lengths):
-        """patch_states as one masked product over all T bytes: query k of patch p sees p's bytes only."""
-        B, T, C = h.shape
-        P, K = patch_lengths.size(1), self.K
-        t = torch.arange(T, device=h.device).expand(B, T).contiguous()
-        ids = torch.searchsorted(patch_lengths.cumsum(1), t, right=True)  # (B, T) a byte's patch; P: past all
-        pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
-            1, ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False)[:, :P]  # (B, P, C)
-        q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
-        q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
-        mask = q_patch.view(1, -1, 1) == ids.unsqueeze(1)  # (B, P*K, T)
-        empty = (patch_lengths == 0).repeat_interleave(K, dim=1)  # (B, P*K)
-        mask[..., 0] |= empty  # an empty patch's row may not be all False (NaN); its output is zeroed below
-        y = q + self.cross(q, h, mask=mask.unsqueeze(1))  # (B, P*K, C)
-        return y.masked_fill(empty.unsqueeze(-1), 0.0).view(B, P, K * C)  # (B, P, K*C)
+        Dh, cross = C // H, self.cross
+        # (B*(P+1),) segment lengths: i*(P+1)+j is patch j of row i, i*(P+1)+P the row's padding after them
+        lens = torch.cat([patch_lengths, T - patch_lengths.sum(1, keepdim=True)], dim=1).view(-1)
+        empty = (lens == 0).view(-1, 1, 1)  # (B*(P+1), 1, 1)
+        pooled = torch.segment_reduce(h.reshape(B * T, C), "max", lengths=lens, unsafe=True)  # (B*(P+1), C)
+        q = self.pool_proj(pooled.masked_fill(empty.view(-1, 1), 0.0)).view(B * (P + 1), K, C)  # K per patch
+        qh = cross.q(cross.q_norm(q)).view(B * (P + 1), K, H, Dh) * Dh**-0.5
+        k, v = cross.kv(cross.kv_norm(h)).view(B * T, 1, 2, H, Dh).unbind(2)  # 2x (B*T, 1, H, Dh)
+        seg = torch.repeat_interleave(torch.arange(B * (P + 1), device=h.device), lens, output_size=B * T)
+        s = (qh.index_select(0, seg) * k).sum(-1)  # (B*T, K, H): each byte against its own patch's queries
+        # softmax over each segment's bytes; the max only keeps exp in range (no gradient through it)
+        m = torch.segment_reduce(s.detach(), "max", lengths=lens, unsafe=True)  # (B*(P+1), K, H)
+        e = (s - m.index_select(0, seg)).exp()  # (B*T, K, H)
+        den = torch.segment_reduce(e, "sum", lengths=lens, unsafe=True) + empty  # (B*(P+1), K, H); 1 if empty
+        y = torch.segment_reduce(e.unsqueeze(-1) * v, "sum", lengths=lens, unsafe=True) / den.unsqueeze(-1)
+        # an empty patch: pooled 0, so q 0 and y 0: it gives 0
+        return (q + cross.proj(y.view(B * (P + 1), K, C))).view(B, P + 1, K * C)[:, :P]  # (B, P, K*C)
 
 
 class GlobalTransformer(nn.Module):
