@@ -258,17 +258,17 @@ class CrossAttention(nn.Module):
         return self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def forward(self, x, src=None, mask=None, kv=None, key_blocks=None):
-        """key_blocks: optional [(t0, t1, n)]: queries t0..t1-1 may see no key past n (their mask's columns
-        n.. are all False), so each block attends to its first n keys only; the result is the same."""
+        """key_blocks: optional [(t0, t1, mask)] in place of `mask`: queries t0..t1-1 attend to the first n
+        keys only, mask (B, 1, t1-t0, n) (bool or additive float): they may see none past n."""
         B, T, C = x.shape
         k, v = kv if kv is not None else self.project_kv(src)  # (B, H, S, Dh)
         q = self.q(self.q_norm(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         if key_blocks is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            y = torch.cat([F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, :n], v[:, :, :n],
-                                                          attn_mask=mask[..., t0:t1, :n])
-                           for t0, t1, n in key_blocks], dim=2)  # (B, H, T, Dh)
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, :m.size(-1)],
+                                                          v[:, :, :m.size(-1)], attn_mask=m)
+                           for t0, t1, m in key_blocks], dim=2)  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
 
@@ -433,16 +433,20 @@ class BLTModel(CarriesConfig, nn.Module):
         p = self.encoder.patch_states(h, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
-        # key slot e (e = 0: the start, e = j+1: patch j) is visible to a byte of patch j' iff e <= j'
-        key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
-        cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
         # bytes in blocks of DECODER_BLOCK: a block needs the keys up to its last byte's patch only (patch ids
         # never decrease along a row), about half of them on average; one host sync for all blocks
         K, Tb = self.config.cross_attn_k, DECODER_BLOCK
         last = patch_ids[:, [min(t + Tb, T) - 1 for t in range(0, T, Tb)]].amax(0)  # (blocks,)
-        key_blocks = [(t, min(t + Tb, T), K * (int(j) + 1)) for t, j in zip(range(0, T, Tb), last.tolist())]
-        logits = self.decoder(x, keys, cross_mask=cross_mask.unsqueeze(1), key_blocks=key_blocks)  # (B, T, V)
+        # key slot e (e = 0: the start, e = j+1: patch j) is visible to a byte of patch j' iff e <= j'; each
+        # block's mask additive float, made once for every decoder layer (sdpa converts no bool mask)
+        key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(K)  # ((P+1)*K,)
+        key_blocks = []
+        for t0, j in zip(range(0, T, Tb), last.tolist()):
+            hidden = key_patch[:K * (j + 1)] > patch_ids[:, t0:t0 + Tb, None]  # (B, t, n)
+            key_blocks.append((t0, t0 + hidden.size(1),
+                               x.new_zeros(hidden.shape).masked_fill_(hidden, float("-inf")).unsqueeze(1)))
+        logits = self.decoder(x, keys, key_blocks=key_blocks)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1), ignore_index=-100)
