@@ -226,9 +226,10 @@ def window_bias(W: int, n: int, device, dtype) -> torch.Tensor:
     W + r) may read key slot c, -inf elsewhere and in block 0's empty block before it. Float and built once
     per shape: sdpa converts no bool mask per call and keeps one copy for every layer. 4-D: CPU sdpa drops
     to its slow math path for a 3-D mask."""
-    ok = window_mask(torch.arange(W, 2 * W, device=device), 2 * W, W).repeat(n, 1, 1)  # (n, W, 2W)
-    ok[0, :, :W] = False
-    return torch.zeros(ok.shape, device=device, dtype=dtype).masked_fill(~ok, float("-inf")).unsqueeze(0)
+    with torch.inference_mode(False):  # made while generating, it must still serve training steps later
+        ok = window_mask(torch.arange(W, 2 * W, device=device), 2 * W, W).repeat(n, 1, 1)  # (n, W, 2W)
+        ok[0, :, :W] = False
+        return torch.zeros(ok.shape, device=device, dtype=dtype).masked_fill(~ok, float("-inf")).unsqueeze(0)
 
 
 class LocalBlock(Block):

@@ -128,6 +128,18 @@ def test_blocked_window_attention_equals_masked_dense(T, W):
     torch.testing.assert_close(attn(x, cos, sin), dense, atol=1e-6, rtol=1e-5)
 
 
+def test_window_attention_trains_after_a_pass_in_inference_mode():
+    """The blocked window's mask is cached per shape: one first made under inference_mode (generation,
+    evaluation) must still serve a training step."""
+    attn = WindowAttention(16, 2, 4)
+    x = torch.randn(2, 13, 16, requires_grad=True)
+    cos, sin = Rotary(8, 64)(0, 13)
+    with torch.inference_mode():
+        attn(x, cos, sin)
+    attn(x, cos, sin).sum().backward()
+    assert x.grad is not None and bool(x.grad.isfinite().all())
+
+
 # ----------------------------------------------------------------------------------------------------
 # Forward: shapes, causality, padding
 
