@@ -259,8 +259,8 @@ class CrossAttention(nn.Module):
         return self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def forward(self, x, src=None, mask=None, kv=None, key_blocks=None):
-        """key_blocks: optional [(t0, t1, mask)] in place of `mask`: queries t0..t1-1 attend to the first n
-        keys only, mask (B, 1, t1-t0, n) (bool or additive float): they may see none past n."""
+        """key_blocks: optional [(t0, t1, m)] in place of `mask`: queries t0..t1-1 may see none of the keys
+        past n = m.size(-1), so they attend to the first n only, through m (B, 1, t1-t0, n), bool or float."""
         B, T, C = x.shape
         k, v = kv if kv is not None else self.project_kv(src)  # (B, H, S, Dh)
         q = self.q(self.q_norm(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
