@@ -89,29 +89,8 @@ class Rotary(nn.Module):
 
 def apply_rotary(x, cos, sin):
     """x (B, H, T, Dh); rotates pairs (first half, second half) of the head dim."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _RotaryFn.apply(x.float(), cos, sin).type_as(x)
-    return _rotate(x.float(), cos, sin).type_as(x)
-
-
-def _rotate(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class _RotaryFn(torch.autograd.Function):
-    """A rotation's gradient is the inverse rotation (by -sin), so the backward keeps nothing of x (autograd
-    of the muls would keep x, and with it the whole qkv projection, until the backward)."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, g):
-        cos, sin = ctx.saved_tensors
-        return _rotate(g, cos, -sin), None, None
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 def rotated_qkv(qkv, cos, sin):
