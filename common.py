@@ -43,7 +43,8 @@ class RMSNorm(nn.Module):
 
 class _RMSNormFn(torch.autograd.Function):
     """F.rms_norm's forward (the same bits) with a hand-written backward: autograd's own through the
-    composite (pow, mean, rsqrt, muls) costs twice the time and keeps two (.., C) tensors, this one one."""
+    composite (pow, mean, rsqrt, muls) keeps two (.., C) tensors per norm until the backward, this one
+    one (a BLT step's live peak 576 -> 518 MB), and takes half the time alone."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
