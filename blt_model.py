@@ -30,6 +30,7 @@ C local width (encoder or decoder), D global width, H heads, Dh head dim, S keys
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -64,7 +65,6 @@ HASH_BASE = 1_000_003
 HASH_MOD = 2**31 - 1  # Mersenne prime
 HASH_PAD = 256
 DECODER_BLOCK = 128  # bytes per block of decoder queries that share a cross-attention key range
-GATHER_MAX_RATIO = 2  # encoder patch states: gather patches while P x (longest patch) <= this x T bytes
 
 
 @dataclass
@@ -210,19 +210,26 @@ class WindowAttention(Attention):
         H, Dh = self.n_heads, self.head_dim
         n = -(-T // W)  # blocks
         q, k, v = rotated_qkv(self.qkv(x).view(B, T, 3, H, Dh), cos, sin)  # 3x (B, H, T, Dh)
-        q = F.pad(q, (0, 0, 0, n * W - T)).reshape(B, H * n, W, Dh)  # block i of head h at h*n + i
-        k, v = (F.pad(a, (0, 0, W, n * W - T)) for a in (k, v))  # (B, H, (n+1)*W, Dh): one block in front
-        # keys of block i: block i-1 then block i (2W keys)
-        k, v = (torch.cat([a[:, :, :n * W].view(B, H, n, W, Dh), a[:, :, W:].view(B, H, n, W, Dh)], dim=3)
-                .view(B, H * n, 2 * W, Dh) for a in (k, v))
-        # query r of a block sits at local position W + r, key c at c; block 0 has no block before it
-        mask = window_mask(torch.arange(W, 2 * W, device=x.device), 2 * W, W).repeat(n, 1, 1)  # (n, W, 2W)
-        mask[0, :, :W] = False
-        # 4-D, (1, H*n, W, 2W): CPU sdpa drops to its slow math path for a 3-D mask
-        mask = mask.repeat(H, 1, 1).unsqueeze(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H*n, W, Dh)
-        y = y.reshape(B, H, n * W, Dh)[:, :, :T].transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        q = F.pad(q, (0, 0, 0, n * W - T)).reshape(B * H, n, W, Dh)  # (B*H, n, W, Dh)
+        k, v = (F.pad(a, (0, 0, W, n * W - T)).view(B * H, n + 1, W, Dh) for a in (k, v))  # a block in front
+        # keys of block i: block i-1 then block i (2W keys); blocks of W/2 queries reading 1.5 W keys were
+        # no faster in the whole step and keep more for the backward
+        k, v = (torch.cat([a[:, :n], a[:, 1:]], dim=2) for a in (k, v))  # (B*H, n, 2W, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_bias(W, n, x.device, q.dtype))
+        y = y.view(B, H, n * W, Dh)[:, :, :T].transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)  # (B, T, C)
+
+
+@functools.lru_cache(maxsize=16)
+def window_bias(W: int, n: int, device, dtype) -> torch.Tensor:
+    """(1, n, W, 2W) additive mask of WindowAttention's blocks: 0 where query r of block i (at local position
+    W + r) may read key slot c, -inf elsewhere and in block 0's empty block before it. Float and built once
+    per shape: sdpa converts no bool mask per call and keeps one copy for every layer. 4-D: CPU sdpa drops
+    to its slow math path for a 3-D mask."""
+    with torch.inference_mode(False):  # made while generating, it must still serve training steps later
+        ok = window_mask(torch.arange(W, 2 * W, device=device), 2 * W, W).repeat(n, 1, 1)  # (n, W, 2W)
+        ok[0, :, :W] = False
+        return torch.zeros(ok.shape, device=device, dtype=dtype).masked_fill(~ok, float("-inf")).unsqueeze(0)
 
 
 class LocalBlock(Block):
@@ -252,17 +259,17 @@ class CrossAttention(nn.Module):
         return self.kv(self.kv_norm(src)).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     def forward(self, x, src=None, mask=None, kv=None, key_blocks=None):
-        """key_blocks: optional [(t0, t1, n)]: queries t0..t1-1 may see no key past n (their mask's columns
-        n.. are all False), so each block attends to its first n keys only; the result is the same."""
+        """key_blocks: optional [(t0, t1, m)] in place of `mask`: queries t0..t1-1 may see none of the keys
+        past n = m.size(-1), so they attend to the first n only, through m (B, 1, t1-t0, n), bool or float."""
         B, T, C = x.shape
         k, v = kv if kv is not None else self.project_kv(src)  # (B, H, S, Dh)
         q = self.q(self.q_norm(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         if key_blocks is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            y = torch.cat([F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, :n], v[:, :, :n],
-                                                          attn_mask=mask[..., t0:t1, :n])
-                           for t0, t1, n in key_blocks], dim=2)  # (B, H, T, Dh)
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, t0:t1], k[:, :, :m.size(-1)],
+                                                          v[:, :, :m.size(-1)], attn_mask=m)
+                           for t0, t1, m in key_blocks], dim=2)  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
 
 
@@ -297,47 +304,29 @@ class LocalEncoder(nn.Module):
         return run_blocks(self.blocks, x, cos, sin, caches=caches)
 
     def patch_states(self, h, patch_lengths):
-        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. Two exact ways,
-        chosen per batch by cost: gather each patch's bytes into L slots (L = the longest patch: P x L per
-        row), or mask every patch query over all T bytes (P x T, masked_patch_states). Gathering is faster
-        while P x L <= GATHER_MAX_RATIO x T (even patches, as static ones); one long patch makes L large,
-        and then the masked product is (entropy and space patches; measured in bench/README.md)."""
+        """(B, T, C) byte states, (B, P) lengths -> (B, P, K*C); empty patches give 0. A patch's bytes are
+        one contiguous segment of its row, so pooling and the cross-attention's softmax are segment
+        reductions over the bytes in order (torch.segment_reduce): every byte is read once, whatever
+        the patch lengths, instead of a dense (P*K) x T masked product or P x (longest patch) slots."""
         B, T, C = h.shape
         P, K, H = patch_lengths.size(1), self.K, self.cross.n_heads
-        L = max(int(patch_lengths.max()), 1) if P else 1  # the one host sync: the longest patch
-        if P * L > GATHER_MAX_RATIO * T:
-            return self.masked_patch_states(h, patch_lengths)
-        offset = torch.arange(L, device=h.device)
-        valid = offset < patch_lengths.unsqueeze(-1)  # (B, P, L): slot l holds a byte of the patch
-        pos = ((patch_lengths.cumsum(1) - patch_lengths).unsqueeze(-1) + offset).clamp(max=T - 1)  # (B, P, L)
-        pos = pos.view(B, P * L, 1)
-        hp = h.gather(1, pos.expand(B, P * L, C)).view(B, P, L, C)  # (B, P, L, C) each patch's bytes
-        pooled = hp.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(2)  # (B, P, C) max-pool
-        empty = patch_lengths == 0  # (B, P)
-        pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
-        q = self.pool_proj(pooled).view(B, P, K, C)  # (B, P, K, C): K queries per patch
-        kv = self.cross.kv(self.cross.kv_norm(h))  # (B, T, 2C): keys and values of every byte, once
-        kv = kv.gather(1, pos.expand(B, P * L, 2 * C)).view(B, P, L, 2, H, C // H)  # (B, P, L, 2, H, Dh)
-        k, v = kv.permute(3, 0, 1, 4, 2, 5).reshape(2, B * P, H, L, C // H)  # 2x (B*P, H, L, Dh)
-        mask = (valid | (offset == 0)).view(B * P, 1, 1, L)  # an empty patch reads slot 0 (zeroed below)
-        y = q + self.cross(q.view(B * P, K, C), kv=(k, v), mask=mask).view(B, P, K, C)  # (B, P, K, C)
-        return y.masked_fill(empty.view(B, P, 1, 1), 0.0).view(B, P, K * C)  # (B, P, K*C)
-
-    def masked_patch_states(self, h, patch_lengths):
-        """patch_states as one masked product over all T bytes: query k of patch p sees p's bytes only."""
-        B, T, C = h.shape
-        P, K = patch_lengths.size(1), self.K
-        t = torch.arange(T, device=h.device).expand(B, T).contiguous()
-        ids = torch.searchsorted(patch_lengths.cumsum(1), t, right=True)  # (B, T) a byte's patch; P: past all
-        pooled = h.new_zeros(B, P + 1, C).scatter_reduce(
-            1, ids.unsqueeze(-1).expand(B, T, C), h, reduce="amax", include_self=False)[:, :P]  # (B, P, C)
-        q = self.pool_proj(pooled).view(B, P * K, C)  # (B, P*K, C): query k of patch p sits at p*K + k
-        q_patch = torch.arange(P, device=h.device).repeat_interleave(K)  # (P*K,)
-        mask = q_patch.view(1, -1, 1) == ids.unsqueeze(1)  # (B, P*K, T)
-        empty = (patch_lengths == 0).repeat_interleave(K, dim=1)  # (B, P*K)
-        mask[..., 0] |= empty  # an empty patch's row may not be all False (NaN); its output is zeroed below
-        y = q + self.cross(q, h, mask=mask.unsqueeze(1))  # (B, P*K, C)
-        return y.masked_fill(empty.unsqueeze(-1), 0.0).view(B, P, K * C)  # (B, P, K*C)
+        Dh, cross = C // H, self.cross
+        # (B*(P+1),) segment lengths: i*(P+1)+j is patch j of row i, i*(P+1)+P the row's padding after them
+        lens = torch.cat([patch_lengths, T - patch_lengths.sum(1, keepdim=True)], dim=1).view(-1)
+        empty = (lens == 0).view(-1, 1, 1)  # (B*(P+1), 1, 1)
+        pooled = torch.segment_reduce(h.reshape(B * T, C), "max", lengths=lens, unsafe=True)  # (B*(P+1), C)
+        q = self.pool_proj(pooled.masked_fill(empty.view(-1, 1), 0.0)).view(B * (P + 1), K, C)  # K per patch
+        qh = cross.q(cross.q_norm(q)).view(B * (P + 1), K, H, Dh) * Dh**-0.5
+        k, v = cross.kv(cross.kv_norm(h)).view(B * T, 1, 2, H, Dh).unbind(2)  # 2x (B*T, 1, H, Dh)
+        seg = torch.repeat_interleave(torch.arange(B * (P + 1), device=h.device), lens, output_size=B * T)
+        s = (qh.index_select(0, seg) * k).sum(-1)  # (B*T, K, H): each byte against its own patch's queries
+        # softmax over each segment's bytes; the max only keeps exp in range (no gradient through it)
+        m = torch.segment_reduce(s.detach(), "max", lengths=lens, unsafe=True)  # (B*(P+1), K, H)
+        e = (s - m.index_select(0, seg)).exp()  # (B*T, K, H)
+        den = torch.segment_reduce(e, "sum", lengths=lens, unsafe=True) + empty  # (B*(P+1), K, H); 1 if empty
+        y = torch.segment_reduce(e.unsqueeze(-1) * v, "sum", lengths=lens, unsafe=True) / den.unsqueeze(-1)
+        # an empty patch: pooled 0, so q 0 and y 0: it gives 0
+        return (q + cross.proj(y.view(B * (P + 1), K, C))).view(B, P + 1, K * C)[:, :P]  # (B, P, K*C)
 
 
 class GlobalTransformer(nn.Module):
@@ -445,16 +434,20 @@ class BLTModel(CarriesConfig, nn.Module):
         p = self.encoder.patch_states(h, patch_lengths)  # (B, P, K*C)
         g = self.global_model(p)  # (B, P, D)
         keys = torch.cat([self.decoder.start_keys(B), self.decoder.patch_keys(g)], dim=1)  # (B, (P+1)*K, C)
-        # key slot e (e = 0: the start, e = j+1: patch j) is visible to a byte of patch j' iff e <= j'
-        key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(self.config.cross_attn_k)
-        cross_mask = key_patch.view(1, 1, -1) <= patch_ids.unsqueeze(-1)  # (B, T, (P+1)*K)
         x = self.decoder.inputs(h[:, :-1])[:, :T]  # (B, T, C): position t reads the encoder state of byte t-1
         # bytes in blocks of DECODER_BLOCK: a block needs the keys up to its last byte's patch only (patch ids
         # never decrease along a row), about half of them on average; one host sync for all blocks
         K, Tb = self.config.cross_attn_k, DECODER_BLOCK
         last = patch_ids[:, [min(t + Tb, T) - 1 for t in range(0, T, Tb)]].amax(0)  # (blocks,)
-        key_blocks = [(t, min(t + Tb, T), K * (int(j) + 1)) for t, j in zip(range(0, T, Tb), last.tolist())]
-        logits = self.decoder(x, keys, cross_mask=cross_mask.unsqueeze(1), key_blocks=key_blocks)  # (B, T, V)
+        # key slot e (e = 0: the start, e = j+1: patch j) is visible to a byte of patch j' iff e <= j'; each
+        # block's mask additive float, made once for every decoder layer (sdpa converts no bool mask)
+        key_patch = torch.arange(P + 1, device=idx.device).repeat_interleave(K)  # ((P+1)*K,)
+        key_blocks = []
+        for t0, j in zip(range(0, T, Tb), last.tolist()):
+            hidden = key_patch[:K * (j + 1)] > patch_ids[:, t0:t0 + Tb, None]  # (B, t, n)
+            key_blocks.append((t0, t0 + hidden.size(1),
+                               x.new_zeros(hidden.shape).masked_fill_(hidden, float("-inf")).unsqueeze(1)))
+        logits = self.decoder(x, keys, key_blocks=key_blocks)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, V), targets.reshape(-1), ignore_index=-100)

@@ -16,6 +16,10 @@ Peak memory: each side runs alone in a fresh subprocess, builds its model, optim
 resets the kernel's peak-RSS mark (/proc/self/clear_refs) and runs its first steps (the first allocates
 AdamW's state). `peak_rss_delta` = peak RSS during those steps - RSS just before them: the step's
 activations, gradients and optimizer state, whatever allocator torch uses (tracemalloc cannot see them).
+That figure includes what glibc keeps of freed blocks (heap fragmentation: it grows with the steps
+measured and moves by tens of MB from run to run), so each side runs a second time with
+MALLOC_MMAP_THRESHOLD_=65536: every block of 64 KB or more is then mapped alone and returned on free, and
+`peak_live_delta` follows the tensors alive at the peak (a little slower, so only a memory figure).
 
 HF side: transformers BltConfig with our encoder/global/decoder widths, layers, heads, SwiGLU sizes,
 hash n-gram sizes 3..8 and table size, cross_attn_k and local window, sdpa attention, random init; no
@@ -125,13 +129,18 @@ def memory_child(side: str, cfg: BLTConfig, B: int, T: int, max_patch: int, step
 
 def measure_memory(side: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--_memory_child", side] + _size_args(args)
-    env = dict(os.environ)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
-        err = out.stderr.strip()
-        return {"error": err.splitlines()[-1] if err else f"exit {out.returncode}"}
-    return json.loads(lines[-1])
+    res = {}
+    for env in (dict(os.environ), dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode != 0 or not lines:
+            err = out.stderr.strip()
+            return {"error": err.splitlines()[-1] if err else f"exit {out.returncode}"}
+        if not res:
+            res = json.loads(lines[-1])
+        else:
+            res["peak_live_delta"] = json.loads(lines[-1])["peak_rss_delta"]
+    return res
 
 
 def _size_args(args) -> list[str]:
@@ -213,16 +222,17 @@ def main(argv=None):
         mem = {side: measure_memory(side, args) for side in names}
         if all("peak_rss_delta" in m for m in mem.values()):
             mem["ratio_ours_over_hf"] = mem["ours"]["peak_rss_delta"] / mem["hf"]["peak_rss_delta"]
+            mem["live_ratio_ours_over_hf"] = mem["ours"]["peak_live_delta"] / mem["hf"]["peak_live_delta"]
         report["memory"] = mem
     report["machine"]["loadavg_at_end"] = bu.loadavg()
 
     rows = []
     for side in names:
         m = report.get("memory", {}).get(side, {})
-        mb = m.get("peak_rss_delta", float("nan")) / 2**20 if "peak_rss_delta" in m else float("nan")
-        rows.append((side, res[side]["bytes_per_s"]["median"], res[side]["step_seconds_median"], mb,
+        mb = [m.get(k, float("nan")) / 2**20 for k in ("peak_rss_delta", "peak_live_delta")]
+        rows.append((side, res[side]["bytes_per_s"]["median"], res[side]["step_seconds_median"], *mb,
                      counts[side]["total"]))
-    bu.print_table(rows, ("side", "train bytes/s", "s/step", "peak MB (delta)", "params"))
+    bu.print_table(rows, ("side", "train bytes/s", "s/step", "peak MB (delta)", "live MB", "params"))
     print(f"ratio ours/hf = {ratio:.2f} (target >= 2.0)"
           + (f"; ours/before = {res['ratio_ours_over_before']:.2f}" if "before" in times else ""))
     bu.write_json(args.out, report)
