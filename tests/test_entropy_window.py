@@ -89,10 +89,20 @@ def test_one_pass_equals_per_byte_reference_from_its_receptive_field(n_layers):
 
 
 def test_training_forward_is_the_same_computation():
-    m, data = model_of(), text(4 * W + 5, seed=3)
+    m, rows = model_of(), [text(4 * W + 5, seed=3), text(4 * W + 5, seed=6)]
     with torch.inference_mode():
-        logits, _ = m(torch.tensor([list(data)]))
-    assert np.array_equal(entropy_of(logits)[1][0].numpy(), compute_entropies(m, data))
+        logits, _ = m(torch.tensor([list(r) for r in rows]))  # two rows: chunks of both share a batch
+    for r, data in enumerate(rows):
+        assert np.array_equal(entropy_of(logits)[1][r].numpy(), compute_entropies(m, data))
+    # and it trains: the gradient of the two rows at once is the sum of each row's
+    x = torch.tensor([list(r) for r in rows])
+    m(x, x)[1].backward()
+    both = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    for r in range(2):
+        (m(x[r:r + 1], x[r:r + 1])[1] / 2).backward()
+    for g, p in zip(both, m.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_rows_within_the_window_train_with_plain_causal_attention_and_the_same_values(monkeypatch):
