@@ -465,7 +465,7 @@ class CausalLM(CarriesConfig, nn.Module):
         if positions is None:
             positions = torch.arange(T, device=x.device)
         cos, sin = window_tables(positions, self.rotary.inv_freq)
-        mask = chunk_window_mask(self.window, self.chunk, self.back, chunk_ok, cos.dtype)  # (S, 1, Q, K)
+        mask = chunk_window_mask(self.window, self.chunk, self.back, chunk_ok, x.dtype)  # (S, 1, Q, K)
         if B > 1:  # query chunks are batched row-major: (B*S, H, Q, Dh)
             mask = mask.repeat(B, 1, 1, 1)
         if carries is None:
@@ -495,7 +495,7 @@ class CausalLM(CarriesConfig, nn.Module):
                     ring[i] = torch.cat([a[:, self.chunk:], torch.zeros_like(a[:, :self.chunk])], dim=1)
         cos, sin = window_tables(torch.tensor([pos], device=h.device), self.rotary.inv_freq)
         ok = (torch.arange(self.back + 1, device=h.device) >= self.back - b).view(1, -1)  # key chunks >= 0
-        mask_row = chunk_window_mask(self.window, self.chunk, self.back, ok, cos.dtype)[:, :, r:r + 1]
+        mask_row = chunk_window_mask(self.window, self.chunk, self.back, ok, h.dtype)[:, :, r:r + 1]
         for block, ring in zip(self.blocks, rings):
             h = block.window_step(h, cos, sin, mask_row, ring, r, self.chunk, self.back)
         return self.head(self.norm(h))  # (1, R, V)
