@@ -233,6 +233,7 @@ def score_windowed(model, arrays, slice_len: int, want_nll: bool, show_progress:
     ids = np.zeros(total_pos, dtype=np.int64)  # input of position p: the id before it
     first = np.zeros(total_pos // Q, dtype=np.int64)  # first chunk of each chunk's sequence
     starts = np.zeros(total_pos, dtype=bool)
+    pos = np.arange(total_pos) - np.repeat(offs[:-1], padded)  # offset from its sequence's start (rotary)
     for i, a in enumerate(arrays):
         o = offs[i]
         if len(a):
@@ -258,7 +259,7 @@ def score_windowed(model, arrays, slice_len: int, want_nll: bool, show_progress:
         x[0, st] = model.start.to(x.dtype)  # a sequence's first position reads the start vector
         g = torch.arange(s // Q, e // Q, device=device).view(-1, 1)  # (S, 1) chunk index in the row
         ok = g - back + j >= torch.from_numpy(first[s // Q:e // Q]).to(device).view(-1, 1)  # (S, back+1)
-        h, carries = model.window_blocks(x, ok, carries)
+        h, carries = model.window_blocks(x, ok, carries, torch.from_numpy(pos[s:e]).to(device))
         logp, H = entropy_of(model.head(model.norm(h)))  # (1, L, V), (1, L)
         h_all[s:e] = H[0].cpu().numpy()
         if want_nll:

@@ -508,8 +508,10 @@ def default_cache_dir() -> str:
 
 def entropy_cache_path(entropy_model, docs: list[bytes], cache_dir: str, label: str | None = None) -> str:
     """cache_dir/LABEL-HASH.npz; HASH = sha256 over the documents (boundaries included), the entropy
-    model's fingerprint (weights and config) and its window. The label is for people, never the key."""
-    h = hashlib.sha256(b"entropies v4\0" + model_fingerprint(entropy_model).encode())
+    model's fingerprint (weights and config) and its window. The label is for people, never the key.
+    v5: the sliding window rotates keys once at their offset from the document's start, in chunks of
+    W/8 (v4: per query chunk at window-local positions, chunks of W/4): values moved in the last bits."""
+    h = hashlib.sha256(b"entropies v5\0" + model_fingerprint(entropy_model).encode())
     h.update(int(entropy_model.config.max_seq_len).to_bytes(8, "little") + len(docs).to_bytes(8, "little"))
     for d in docs:  # lengths first, so document boundaries are part of the key
         h.update(len(d).to_bytes(8, "little") + d)

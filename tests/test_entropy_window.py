@@ -88,11 +88,40 @@ def test_one_pass_equals_per_byte_reference_from_its_receptive_field(n_layers):
     assert np.abs(short - H[reach:]).max() > 1e-4
 
 
-def test_training_forward_is_the_same_computation():
-    m, data = model_of(), text(4 * W + 5, seed=3)
+def test_only_offsets_matter_however_far_into_a_document():
+    """q and k are rotated once at their position (from the document's start, angles in float64): a window a
+    billion bytes in gives the values it gives at the start, up to rounding; other offsets do not."""
+    m = model_of()
+    with torch.no_grad():  # sharper attention, so that positions weigh
+        for b in m.blocks:
+            b.attn.qkv.weight.mul_(10)
+    S = 4
+    x = torch.randn(1, S * m.chunk, 32)
+    ok = torch.ones(S, m.back + 1, dtype=torch.bool)
+    pos = torch.arange(S * m.chunk)
     with torch.inference_mode():
-        logits, _ = m(torch.tensor([list(data)]))
-    assert np.array_equal(entropy_of(logits)[1][0].numpy(), compute_entropies(m, data))
+        near = m.window_blocks(x, ok, positions=pos)[0]
+        far = m.window_blocks(x, ok, positions=pos + 10**9 + 7)[0]
+        spread = m.window_blocks(x, ok, positions=2 * pos)[0]
+    torch.testing.assert_close(far, near, rtol=0, atol=1e-5)  # float32 angles: off by 1e-1
+    assert (spread - near).abs().max() > 1e-2
+
+
+def test_training_forward_is_the_same_computation():
+    m, rows = model_of(), [text(4 * W + 5, seed=3), text(4 * W + 5, seed=6)]
+    with torch.inference_mode():
+        logits, _ = m(torch.tensor([list(r) for r in rows]))  # two rows: chunks of both share a batch
+    for r, data in enumerate(rows):
+        assert np.array_equal(entropy_of(logits)[1][r].numpy(), compute_entropies(m, data))
+    # and it trains: the gradient of the two rows at once is the sum of each row's
+    x = torch.tensor([list(r) for r in rows])
+    m(x, x)[1].backward()
+    both = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    for r in range(2):
+        (m(x[r:r + 1], x[r:r + 1])[1] / 2).backward()
+    for g, p in zip(both, m.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_rows_within_the_window_train_with_plain_causal_attention_and_the_same_values(monkeypatch):
