@@ -645,9 +645,10 @@ class MappedCorpus(Sequence):
 def entropy_file(folder: str, fingerprint: str) -> str:
     """Where a prepared corpus keeps the entropies (entropy_llm.py --precompute) of the model with this
     fingerprint (model_fingerprint): float16, one per byte, laid out as bytes.bin (the same offsets); its
-    .json is written last, when every chunk is in. v2: the sliding-window layout of common.window_layout
-    (values differ from v1's in the last bits), so a v1 file is neither read nor resumed."""
-    return os.path.join(folder, f"entropies-v2-{fingerprint[:16]}.f16")
+    .json is written last, when every chunk is in. The version follows the entropy cache key's
+    (entropy_patcher): v3 rotates keys once at their offset from the document's start (values differ from
+    v2's in the last bits), so an older file is neither read nor resumed."""
+    return os.path.join(folder, f"entropies-v3-{fingerprint[:16]}.f16")
 
 
 class MappedEntropies(Sequence):
