@@ -331,7 +331,8 @@ def plot_study(summary: list[dict], lengths: dict, out_dir: str, paragraph=None)
                    title="Gap to the BPE baseline (paired 95% CI; below 0: better than BPE)")
             ax.axhline(0, color="k", lw=0.8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a study with no paired runs has no gap series
+            ax.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(out_dir, fname)))
     if lengths:
         fig = Figure(figsize=(3.2 * len(lengths), 3))
