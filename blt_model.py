@@ -742,8 +742,8 @@ def _rotate_step(qkv, cos2, sin2):
     """(B, 1, 3, H, Dh) projections of one position -> q, k, v (B, H, 1, Dh), q and k rotated. Three ops
     instead of common.apply_rotary's ten, the same bits: x*[cos, cos] + [x2, x1]*[-sin, sin] computes
     x1*cos - x2*sin and x2*cos + x1*sin, the same roundings in another order of exact terms."""
-    qk = qkv[:, :, :2]  # (B, 1, 2, H, Dh)
-    qk = qk * cos2 + qk.roll(qk.size(-1) // 2, dims=-1) * sin2
+    qk = qkv[:, :, :2].float()  # (B, 1, 2, H, Dh), rotated in fp32 as apply_rotary does
+    qk = (qk * cos2 + qk.roll(qk.size(-1) // 2, dims=-1) * sin2).to(qkv.dtype)
     return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
 

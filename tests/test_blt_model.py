@@ -285,6 +285,15 @@ def test_generate_on_a_list_of_prompts_equals_one_at_a_time(patching):
         m.generate(prompts, 5, patcher=patcher, batch_size=0)
 
 
+def test_generation_of_a_bf16_model_keeps_its_dtype():
+    """The decode step rotates in fp32 and casts back, as the forward's rotary does: a bf16 model decodes."""
+    m = model(seed=3).to(torch.bfloat16)
+    patcher = EntropyPatcher(None, PatchConfig(method="space", min_patch_size=1, max_patch_size=16))
+    one = m.generate(b"Hello there", 20, patcher=patcher, temperature=0)
+    assert len(one) == 20
+    assert m.generate([b"Hello there", b"x"], 20, patcher=patcher, temperature=0)[0] == one
+
+
 def test_generate_needs_a_patcher_and_uses_self_patcher():
     m = model()
     with pytest.raises(ValueError, match="pass patcher="):
