@@ -625,6 +625,8 @@ class BLTModel(CarriesConfig, nn.Module):
         per byte: generation at batch 1 is bound by per-op costs, not FLOPs)."""
         cfg, dev, enc, dec = self.config, self._device(), self.encoder, self.decoder
         s = len(state.seqs[0]) + state.shift[0]
+        if s + 1 >= state.h.size(1):  # slot writes past the caches would drop the byte silently
+            raise ValueError(f"this state holds {state.h.size(1)} slots: prefill with a larger max_new_bytes")
         ids = []
         for seq, stream, byte in zip(state.seqs, state.streams, new):
             seq.append(byte)

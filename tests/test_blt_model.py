@@ -294,6 +294,17 @@ def test_generation_of_a_bf16_model_keeps_its_dtype():
     assert m.generate([b"Hello there", b"x"], 20, patcher=patcher, temperature=0)[0] == one
 
 
+def test_decode_step_refuses_to_run_past_what_prefill_sized():
+    m = model()
+    patcher = EntropyPatcher(None, PatchConfig(method="static", patch_size=8))
+    state = m.prefill(b"abc", patcher.stream(), max_new_bytes=3)
+    for b in b"de":  # the bytes generate() would feed for 3 new bytes
+        m.decode_step(state, [b])
+    m.decode_step(state, [ord("f")])  # one spare slot
+    with pytest.raises(ValueError, match="larger max_new_bytes"):
+        m.decode_step(state, [ord("g")])
+
+
 def test_generate_needs_a_patcher_and_uses_self_patcher():
     m = model()
     with pytest.raises(ValueError, match="pass patcher="):
