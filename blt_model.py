@@ -54,6 +54,7 @@ from common import (
     rotated_qkv,
     run_blocks,
     scale_residual_init,
+    window_rotate,
 )
 
 V = 256  # byte classes
@@ -699,7 +700,8 @@ class BLTModel(CarriesConfig, nn.Module):
 
 
 def rows_rotary(rotary: Rotary, pos: list[int]):
-    """cos2, sin2 (B or 1, 1, 1, 1, Dh) at one position per row, laid out for _rotate_step."""
+    """cos2, sin2 (B or 1, 1, 1, 1, Dh) at one position per row: [cos, cos] and [-sin, sin], the layout of
+    common.window_tables, from the Rotary table the forward pass reads."""
     cos, sin = rotary(0, max(pos) + 1)
     if min(pos) == max(pos):
         cos, sin = cos[pos[0]:pos[0] + 1], sin[pos[0]:pos[0] + 1]  # (1, Dh/2)
@@ -741,11 +743,9 @@ def _block_step(block: Block, x, rot, cache: KVCache, mask=None, slots: list[int
 
 
 def _rotate_step(qkv, cos2, sin2):
-    """(B, 1, 3, H, Dh) projections of one position -> q, k, v (B, H, 1, Dh), q and k rotated. Three ops
-    instead of common.apply_rotary's ten, the same bits: x*[cos, cos] + [x2, x1]*[-sin, sin] computes
-    x1*cos - x2*sin and x2*cos + x1*sin, the same roundings in another order of exact terms."""
-    qk = qkv[:, :, :2].float()  # (B, 1, 2, H, Dh), rotated in fp32 as apply_rotary does
-    qk = (qk * cos2 + qk.roll(qk.size(-1) // 2, dims=-1) * sin2).to(qkv.dtype)
+    """(B, 1, 3, H, Dh) projections of one position -> q, k, v (B, H, 1, Dh), q and k rotated by
+    common.window_rotate: apply_rotary's bits in a few ops over the whole head dim."""
+    qk = window_rotate(qkv[:, :, :2], cos2, sin2)  # (B, 1, 2, H, Dh)
     return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
 
