@@ -674,15 +674,13 @@ class BLTModel(CarriesConfig, nn.Module):
         the global model at the row's own patch count, add its keys. Every row is computed (one batched
         product); a row that does not close writes at the slot its next patch will overwrite, and keeps
         its counts."""
-        enc, dec, dev, B = self.encoder, self.decoder, self._device(), len(closing)
+        dec, dev, B = self.decoder, self._device(), len(closing)
         lengths = [s + 1 - start for start in state.patch_start]  # each row's open patch, ending at s
         L = max(lengths)
-        hw = state.h[:, s + 1 - L:s + 1]  # (B, L, C)
-        valid = None if min(lengths) == L else (  # (B, L): the row's bytes are the last lengths[b] slots
-            torch.arange(L, device=dev) >= L - torch.tensor(lengths, device=dev).view(B, 1))
-        pooled = hw if valid is None else hw.masked_fill(~valid.unsqueeze(-1), float("-inf"))
-        q = enc.pool_proj(pooled.amax(1)).view(B, enc.K, -1)  # (B, K, C): encoder.patch_states, one patch
-        p = (q + enc.cross(q, hw, mask=None if valid is None else valid.view(B, 1, 1, L))).view(B, 1, -1)
+        # the window of the last L slots holds each row's open patch at its end: its patch 1, after a patch 0
+        # of the slots before it (empty for the longest)
+        segments = torch.tensor([[L - n, n] for n in lengths], device=dev)  # (B, 2)
+        p = self.encoder.patch_states(state.h[:, s + 1 - L:s + 1], segments)[:, 1:]  # (B, 1, K*C)
         gm, P = self.global_model, state.patches
         x = gm.in_proj(p)  # (B, 1, D)
         mask = None if min(P) == max(P) else (torch.arange(max(P) + 1, device=dev)
