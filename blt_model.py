@@ -643,9 +643,7 @@ class BLTModel(CarriesConfig, nn.Module):
             self._close_step(state, s, closing)
         x = dec.inputs(x, first=False)  # (B, 1, C): decoder slot s+1 reads byte s
         counts = [cfg.cross_attn_k * (p + 1) for p in state.patches]  # cross-attention keys of each row
-        S = max(counts)
-        mask = None if min(counts) == S else (torch.arange(S, device=dev) < torch.tensor(counts, device=dev)
-                                              .view(B, 1)).view(B, 1, 1, S)
+        S, mask = max(counts), first_slots(counts, dev)
         rot = rows_rotary(dec.rotary, [s + 1 - d for d in state.shift])
         self_mask = self._local_mask(s + 1, state.shift)
         for cross, c, block, cache in zip(dec.cross, state.cross_caches, dec.blocks, state.dec_caches):
@@ -674,7 +672,7 @@ class BLTModel(CarriesConfig, nn.Module):
         the global model at the row's own patch count, add its keys. Every row is computed (one batched
         product); a row that does not close writes at the slot its next patch will overwrite, and keeps
         its counts."""
-        dec, dev, B = self.decoder, self._device(), len(closing)
+        dec, dev = self.decoder, self._device()
         lengths = [s + 1 - start for start in state.patch_start]  # each row's open patch, ending at s
         L = max(lengths)
         # the window of the last L slots holds each row's open patch at its end: its patch 1, after a patch 0
@@ -683,8 +681,7 @@ class BLTModel(CarriesConfig, nn.Module):
         p = self.encoder.patch_states(state.h[:, s + 1 - L:s + 1], segments)[:, 1:]  # (B, 1, K*C)
         gm, P = self.global_model, state.patches
         x = gm.in_proj(p)  # (B, 1, D)
-        mask = None if min(P) == max(P) else (torch.arange(max(P) + 1, device=dev)
-                                               <= torch.tensor(P, device=dev).view(B, 1)).view(B, 1, 1, -1)
+        mask = first_slots([n + 1 for n in P], dev)  # row b reads its patches 0..P[b]
         rot = rows_rotary(gm.rotary, P)
         for block, cache in zip(gm.blocks, state.global_caches):
             x = _block_step(block, x, rot, cache, mask, slots=P)
@@ -695,6 +692,15 @@ class BLTModel(CarriesConfig, nn.Module):
             if c:
                 state.patches[b] += 1
                 state.patch_start[b] = s + 1
+
+
+def first_slots(counts: list[int], device):
+    """(B, 1, 1, S) bool, S = max(counts): True on row b's first counts[b] slots; None if every row has S."""
+    S = max(counts)
+    if min(counts) == S:
+        return None
+    ends = torch.tensor(counts, device=device).view(-1, 1)
+    return (torch.arange(S, device=device) < ends).view(-1, 1, 1, S)
 
 
 def rows_rotary(rotary: Rotary, pos: list[int]):
